@@ -1,0 +1,1 @@
+"""The site side of fedsynth: the private distillation engine and the Flower ClientApp."""

@@ -1,0 +1,368 @@
+"""The private distillation engine: PSG-family DP gradient matching at one site.
+
+    S ← noise
+    for t in 1..T:  θ ← fresh draw
+        for k in 1..K:
+            for each class c:  B_c ← Poisson(D_c, q);  ĝ_c ← Σ clip(∇θ ℓ(B_c)) + N(0, σ²C²)   (only real-data path)
+                               L += dist(ĝ_c, ∇θ ℓ(f_θ(aug(S_c))))   (same augmentation as the real batch)
+            S ← S − η ∇_S L;   θ ← θ − η_θ ∇θ ℓ(f_θ(S))   (S only: free)
+
+T·K Poisson-subsampled Gaussian releases compose (classes are disjoint within a step).
+The whole mechanism is written to the site's ledger before the first real record is
+read, and the release entry before the set is written out. A crash leaves a checkpoint
+in the output folder; running the same command again resumes it without spending again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from client.matching import matching_distance
+from client.noisy_gradient import NoisyClassGradient
+from common.augment import Augmenter
+from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
+from common.ledger import Ledger
+from common.models import ConvNet, check_private
+from common.privacy.accounting import (
+    ACCOUNTANTS,
+    Mechanism,
+    calibrate_noise_multiplier,
+    check_delta,
+    epsilon_of_history,
+)
+from common.synthetic_set import SyntheticSet, content_hash, save_synthetic_set
+from common.versions import library_versions
+
+CHECKPOINT_DIR = ".fedsynth-checkpoint"
+
+
+class EngineError(RuntimeError):
+    """The engine refuses to run (or to resume) as asked; nothing was spent."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything that decides a distillation run. `epsilon=inf` (or `noise_multiplier=0`) means no noise."""
+
+    ipc: int = 10
+    epsilon: float = 10.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None  # give σ directly instead of a target ε
+    accountant: str = "rdp"
+    iterations: int = 200  # T: outer iterations, each on a freshly drawn network
+    inner_steps: int = 5  # K: noisy releases per outer iteration
+    net_steps: int = 1  # updates of θ on the synthetic set between releases (free)
+    batch_per_class: float = 64.0  # expected real records per class per release; sets q
+    sample_rate: float | None = None  # give q directly instead
+    clip_norm: float = 1.0
+    width: int = 32
+    depth: int = 3
+    norm: str = "instancenorm"
+    lr_images: float = 0.1
+    momentum_images: float = 0.5
+    lr_net: float = 0.01
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 10
+
+    @property
+    def releases(self) -> int:
+        """Number of composed Poisson-subsampled Gaussian releases: T·K."""
+        return self.iterations * self.inner_steps
+
+    @property
+    def private(self) -> bool:
+        return not (math.isinf(self.epsilon) or self.noise_multiplier == 0.0)
+
+
+@dataclass
+class Plan:
+    """The mechanism a run will spend, fixed before any real record is read."""
+
+    mechanism: Mechanism
+    epsilon: float
+    delta: float
+    accountant: str
+
+
+@dataclass
+class DistillResult:
+    synthetic: SyntheticSet
+    out_dir: Path
+    run_id: str
+    resumed_from: int = 0
+    seconds: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """CUDA when present (or asked), else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def validate(dataset: ImageDataset, config: DistillConfig) -> None:
+    """Every refusal that can be decided before budget is spent."""
+    if config.ipc < 1:
+        raise DataError(f"ipc must be at least 1, got {config.ipc}")
+    if dataset.num_classes < 2:
+        raise DataError(f"{dataset.name}: needs at least two classes, found {dataset.num_classes}")
+    counts = dataset.class_counts()
+    empty = [dataset.classes[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(f"{dataset.name}: class(es) with no records: {', '.join(empty)}")
+    small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if n < config.ipc]
+    if small:
+        raise DataError(f"ipc={config.ipc} is larger than the number of records of class(es): {', '.join(small)}")
+    if not (config.epsilon > 0):
+        raise ValueError(f"epsilon must be > 0, got {config.epsilon}")
+    if config.noise_multiplier is not None and config.noise_multiplier < 0:
+        raise ValueError(f"noise multiplier must be >= 0, got {config.noise_multiplier}")
+    check_delta(config.delta, len(dataset))
+    if config.accountant not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {config.accountant!r}")
+    if config.iterations < 1 or config.inner_steps < 1:
+        raise ValueError("iterations and inner steps must be at least 1")
+    check_private(_network(dataset, config))
+
+
+def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
+    """Sample rate, σ and ε of the run. The record count n enters only through q (public by design, as in DP-SGD)."""
+    q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
+    steps = config.releases
+    if not config.private:
+        sigma = 0.0
+    elif config.noise_multiplier is not None:
+        sigma = float(config.noise_multiplier)
+    else:
+        sigma = calibrate_noise_multiplier(config.epsilon, config.delta, q, steps, config.accountant)
+    mechanism = Mechanism(sigma, q, steps, config.clip_norm)
+    epsilon = epsilon_of_history([mechanism], config.delta, config.accountant)
+    if config.private and config.noise_multiplier is None and epsilon > config.epsilon:
+        raise EngineError(f"calibrated ε={epsilon} exceeds the target {config.epsilon}")
+    return Plan(mechanism, epsilon, config.delta, config.accountant)
+
+
+def _network(dataset: ImageDataset, config: DistillConfig) -> ConvNet:
+    c, h, _ = dataset.image_shape
+    return ConvNet(c, dataset.num_classes, h, config.width, config.depth, config.norm)
+
+
+def _generator(seed: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed % (2**63))
+
+
+# ---- checkpoints (local to the site; never uploaded) -------------------------------------------
+def _checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / CHECKPOINT_DIR
+
+
+def _save_checkpoint(out_dir: Path, state: dict, synthetic: torch.Tensor, momentum: torch.Tensor | None) -> None:
+    ckpt = _checkpoint_dir(out_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    os.chmod(ckpt, 0o700)
+    tensors = {"synthetic": synthetic.detach().cpu().contiguous()}
+    if momentum is not None:
+        tensors["momentum"] = momentum.detach().cpu().contiguous()
+    save_file(tensors, str(ckpt / "tensors.partial"))
+    os.replace(ckpt / "tensors.partial", ckpt / "tensors.safetensors")
+    tmp = ckpt / "state.partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the secret seed
+    with os.fdopen(fd, "w") as handle:
+        json.dump(state, handle)
+    os.replace(tmp, ckpt / "state.json")
+
+
+def _load_checkpoint(out_dir: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    ckpt = _checkpoint_dir(out_dir)
+    if not (ckpt / "state.json").exists():
+        return None
+    return json.loads((ckpt / "state.json").read_text()), load_file(str(ckpt / "tensors.safetensors"))
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def distill(
+    dataset: ImageDataset,
+    config: DistillConfig,
+    ledger: Ledger,
+    out_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    secret_seed: int | None = None,
+    progress: bool = True,
+    on_iteration: Callable[[int], None] | None = None,
+    dataset_label: str | None = None,
+) -> DistillResult:
+    """Distil `dataset` into `config.ipc` images per class under the planned (ε, δ); write and return the set.
+
+    `secret_seed` seeds Poisson sampling and noise; leave it None outside tests, so both
+    come from the OS's randomness and are never recorded anywhere that leaves the site.
+    """
+    started = time.time()
+    out = Path(out_dir)
+    validate(dataset, config)
+    the_plan = plan(dataset, config)
+    dev = resolve_device(device)
+    config_dict = asdict(config)
+
+    resumed = _load_checkpoint(out)
+    if resumed is not None:
+        state, tensors = resumed
+        if state["config"] != json.loads(json.dumps(config_dict)):
+            raise EngineError(
+                f"{_checkpoint_dir(out)} holds an unfinished run with a different configuration; finish it with "
+                "its own settings, or delete that folder to abandon it (its budget stays spent)"
+            )
+        run_id, secret, start = state["run_id"], int(state["secret_seed"]), int(state["iteration"])
+        if ledger.spend_for(run_id) is None:
+            raise EngineError(f"checkpoint of run {run_id} has no spend entry in {ledger.path}: wrong ledger?")
+        if ledger.released(run_id):
+            raise EngineError(f"run {run_id} was already released; delete {_checkpoint_dir(out)}")
+    else:
+        run_id = uuid.uuid4().hex
+        secret = secret_seed if secret_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        start, tensors = 0, None
+        ledger.spend(
+            run_id,
+            the_plan.mechanism,
+            the_plan.delta,
+            the_plan.accountant,
+            {
+                "epsilon": None if math.isinf(the_plan.epsilon) else the_plan.epsilon,
+                "dataset": dataset_label or dataset.name,
+                "config": config_dict,
+                "versions": library_versions(),
+            },
+        )
+
+    num_classes, (channels, size, _) = dataset.num_classes, dataset.image_shape
+    labels = torch.arange(num_classes).repeat_interleave(config.ipc)
+    if tensors is None:
+        init = torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed))
+        synthetic = (init * 0.5).clamp(-1, 1)
+    else:
+        synthetic = tensors["synthetic"]
+    synthetic = synthetic.to(dev).requires_grad_(True)
+    image_opt = torch.optim.SGD([synthetic], lr=config.lr_images, momentum=config.momentum_images)
+    if tensors is not None and "momentum" in tensors:
+        image_opt.state[synthetic]["momentum_buffer"] = tensors["momentum"].to(dev)
+
+    real = [to_model_space(dataset.images[dataset.labels == c]).to(dev) for c in range(num_classes)]
+    augmenter = Augmenter() if config.augment else None
+    mech = the_plan.mechanism
+    history: list[float] = []
+    if start == 0:
+        _save_checkpoint(out, _state(run_id, secret, 0, config_dict), synthetic, None)
+
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
+               desc="distilling", unit="it", dynamic_ncols=True)
+    for t in bar:
+        public = _generator(config.seed * 1_000_003 + t + 1)
+        sampling = _generator(secret + 7919 * t)
+        noise = _generator(secret + 7919 * t + 1, dev)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed * 1_000_003 + t + 1)
+            net = _network(dataset, config)
+        net = net.to(dev)
+        releaser = NoisyClassGradient(net, mech.clip_norm, mech.noise_multiplier, noise)
+        net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
+        loss_sum = 0.0
+        for k in range(config.inner_steps):
+            image_opt.zero_grad(set_to_none=True)
+            for c in range(num_classes):
+                mask = torch.rand(real[c].shape[0], generator=sampling) < mech.sample_rate
+                batch = real[c][mask.to(dev)]
+                syn = synthetic[c * config.ipc : (c + 1) * config.ipc]
+                if augmenter is not None:
+                    params = augmenter.sample(public)
+                    batch, syn = augmenter.apply(batch, params), augmenter.apply(syn, params)
+                target = releaser(batch, c)
+                syn_loss = F.cross_entropy(net(syn), torch.full((config.ipc,), c, device=dev), reduction="sum")
+                syn_grad = torch.autograd.grad(syn_loss, releaser.params, create_graph=True)
+                loss = matching_distance(target, list(syn_grad))
+                torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
+                loss_sum += float(loss)
+            image_opt.step()
+            with torch.no_grad():
+                synthetic.clamp_(-1.0, 1.0)
+            if k < config.inner_steps - 1:
+                _train_net_on_synthetic(net, net_opt, synthetic.detach(), labels.to(dev), config.net_steps, augmenter, public)
+        releaser.module.disable_hooks()
+        history.append(loss_sum / (config.inner_steps * num_classes))
+        done = t + 1
+        if progress:
+            bar.set_postfix(loss=f"{history[-1]:.3f}", eps=_spent_so_far(the_plan, done * config.inner_steps))
+        if done % config.checkpoint_every == 0 and done < config.iterations:
+            momentum = image_opt.state[synthetic].get("momentum_buffer")
+            _save_checkpoint(out, _state(run_id, secret, done, config_dict), synthetic, momentum)
+        if on_iteration is not None:
+            on_iteration(done)
+    bar.close()
+
+    images = to_pixel_space(synthetic.detach()).clamp(0.0, 1.0).cpu()
+    claim = {
+        "format": "fedsynth-claim/1",
+        "run_id": run_id,
+        "epsilon": None if math.isinf(the_plan.epsilon) else the_plan.epsilon,
+        "delta": the_plan.delta,
+        "noise_multiplier": mech.noise_multiplier,
+        "sample_rate": mech.sample_rate,
+        "steps": mech.steps,
+        "clip_norm": mech.clip_norm,
+        "accountant": the_plan.accountant,
+        "ipc": config.ipc,
+        "classes": list(dataset.classes),
+        "image_shape": [channels, size, size],
+        "dataset": dataset_label or dataset.name,
+        "sha256": content_hash(images, labels),
+        "config": config_dict,
+        "seed": config.seed,
+        "versions": library_versions(),
+    }
+    ledger.record_release(run_id, claim["sha256"])  # recorded before anything is written out
+    result = SyntheticSet(images, labels, claim)
+    save_synthetic_set(out, result)
+    shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
+    return DistillResult(result, out, run_id, start, time.time() - started, history)
+
+
+def _spent_so_far(the_plan: Plan, releases: int) -> str:
+    """ε of the releases made so far (RDP: cheap enough to show every iteration)."""
+    m = the_plan.mechanism
+    done = Mechanism(m.noise_multiplier, m.sample_rate, releases, m.clip_norm)
+    return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
+
+
+def _state(run_id: str, secret: int, iteration: int, config: dict) -> dict:
+    return {"run_id": run_id, "secret_seed": secret, "iteration": iteration, "config": config}
+
+
+def _train_net_on_synthetic(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    augmenter: Augmenter | None,
+    generator: torch.Generator,
+) -> None:
+    """θ ← θ − η ∇θ ℓ(f_θ(S)): uses the synthetic set only, so it costs no privacy."""
+    for _ in range(steps):
+        x = augmenter.apply(images, augmenter.sample(generator, per_example=images.shape[0])) if augmenter else images
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), labels).backward()
+        optimizer.step()

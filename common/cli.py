@@ -1,0 +1,151 @@
+"""`fedsynth` command line: distill a site's data, evaluate a synthetic set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from common.data import DATASETS, DataError, fedsynth_home
+from common.ledger import LedgerError
+from common.models import NORMS, ModelNotPrivateError
+
+
+def _epsilon(text: str) -> float:
+    value = float(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("epsilon must be a number or 'inf'")
+    return value
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--dataset", choices=DATASETS, help="built-in dataset")
+    source.add_argument("--data-dir", type=Path, help="ImageFolder tree: one sub-folder of images per class")
+    parser.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if missing")
+    parser.add_argument("--image-size", type=int, default=28, help="images from --data-dir are resized to this")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="channels for --data-dir (default: from files)")
+
+
+def _distill_parser(sub: argparse._SubParsersAction) -> None:
+    from client.engine import DistillConfig
+
+    d = DistillConfig()
+    p = sub.add_parser("distill", help="distil a site's records into a DP synthetic set")
+    _add_data_arguments(p, required=True)
+    p.add_argument("--ipc", type=int, default=d.ipc, help="synthetic images per class")
+    p.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="target ε ('inf' = no noise, for research)")
+    p.add_argument("--delta", type=float, default=d.delta, help="target δ (below 1/n)")
+    p.add_argument("--noise-multiplier", type=float, help="give σ directly instead of calibrating to --epsilon")
+    p.add_argument("--accountant", choices=("rdp", "prv"), default=d.accountant)
+    p.add_argument("--steps", type=int, default=d.iterations, help="outer iterations T (fresh network each)")
+    p.add_argument("--inner-steps", type=int, default=d.inner_steps, help="noisy releases K per outer iteration")
+    p.add_argument("--net-steps", type=int, default=d.net_steps, help="network updates on S between releases")
+    p.add_argument("--batch-per-class", type=float, default=d.batch_per_class, help="expected records per class per release")
+    p.add_argument("--sample-rate", type=float, help="Poisson rate q (overrides --batch-per-class)")
+    p.add_argument("--clip-norm", type=float, default=d.clip_norm)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--depth", type=int, default=d.depth)
+    p.add_argument("--norm", choices=NORMS, default=d.norm)
+    p.add_argument("--lr-images", type=float, default=d.lr_images)
+    p.add_argument("--no-augment", action="store_true", help="switch differentiable augmentation off")
+    p.add_argument("--seed", type=int, default=d.seed, help="public seed: initial images, network draws, augmentation")
+    p.add_argument("--limit", type=int, help="use only the first N records (quick trials)")
+    p.add_argument("--ledger", type=Path, help="site ledger (default $FEDSYNTH_HOME/ledger.jsonl)")
+    p.add_argument("--site-budget", type=_epsilon, help="total ε of a new ledger (default 10; 'inf' for research)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and report test accuracy")
+    p.add_argument("set", type=Path, help="synthetic.safetensors or the folder holding it")
+    _add_data_arguments(p, required=True)
+    p.add_argument("--test-dir", type=Path, help="test images for --data-dir (ImageFolder)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="write the result here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _distill_parser(sub)
+    _evaluate_parser(sub)
+    return parser
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from client.engine import DistillConfig, distill
+    from common.data import load_dataset
+    from common.ledger import Ledger
+
+    config = DistillConfig(
+        ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
+        accountant=args.accountant, iterations=args.steps, inner_steps=args.inner_steps, net_steps=args.net_steps,
+        batch_per_class=args.batch_per_class, sample_rate=args.sample_rate, clip_norm=args.clip_norm,
+        width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
+        augment=not args.no_augment, seed=args.seed,
+    )
+    dataset = load_dataset(args.dataset, args.data_dir, train=True, download=args.download,
+                           image_size=args.image_size, channels=args.channels)
+    if args.limit:
+        dataset = dataset.subset(range(min(args.limit, len(dataset))))
+    ledger = Ledger.open(args.ledger or fedsynth_home() / "ledger.jsonl", budget_epsilon=args.site_budget)
+    result = distill(dataset, config, ledger, args.out, device=args.device, progress=not args.quiet,
+                     dataset_label=args.dataset or str(args.data_dir))
+    claim = result.synthetic.claim
+    eps = "inf (no noise)" if claim["epsilon"] is None else f"{claim['epsilon']:.4g}"
+    print(f"wrote {args.out}/synthetic.safetensors, claim.json, synthetic.png: {len(result.synthetic.labels)} images, "
+          f"ε={eps} δ={claim['delta']:g} σ={claim['noise_multiplier']:.4g} q={claim['sample_rate']:.4g} "
+          f"steps={claim['steps']}; site total ε={ledger.spent_epsilon():.4g} of {ledger.budget_epsilon():.4g} "
+          f"({ledger.path}) in {result.seconds:.0f}s")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from client.engine import resolve_device
+    from common.data import load_dataset
+    from common.evaluation import TrainConfig, evaluate_synthetic
+    from common.synthetic_set import load_synthetic_set
+    from common.versions import library_versions
+
+    synthetic = load_synthetic_set(args.set)
+    if args.data_dir is not None:
+        if args.test_dir is None:
+            raise DataError("evaluating against an image folder needs --test-dir with held-out test images")
+        test = load_dataset(data_dir=args.test_dir, image_size=args.image_size, channels=args.channels)
+    else:
+        test = load_dataset(args.dataset, train=False, download=args.download)
+    config = TrainConfig(epochs=args.epochs, width=args.width)
+    result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
+                                resolve_device(args.device), progress=not args.quiet)
+    result.update(set=str(args.set), test=test.name, claim=synthetic.claim, versions=library_versions())
+    print(f"accuracy {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
+          f"over {args.seeds} seeds on {test.name} test ({len(test)} images)")
+    if args.json:
+        from common.synthetic_set import write_json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"distill": _run_distill, "evaluate": _run_evaluate}
+    try:
+        return handlers[args.command](args)
+    except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError) as err:
+        print(f"fedsynth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""How good is a synthetic set: train fresh ConvNets on it (with augmentation) and test on real data."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from common.augment import Augmenter
+from common.data import ImageDataset, to_model_space
+from common.models import ConvNet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Evaluation protocol (dataset condensation's): ConvNet-128, SGD 0.01 momentum 0.9, wd 5e-4, lr ÷10 at half."""
+
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 0.01
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+    augment: bool = True
+
+
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device = torch.device("cpu"),
+) -> ConvNet:
+    """Train a fresh ConvNet on pixel-space `images`; seeded init, order and augmentation."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    c, h, _ = images.shape[1:]
+    net = ConvNet(c, num_classes, h, config.width, config.depth, config.norm).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[config.epochs // 2], gamma=0.1)
+    x_all, y_all = to_model_space(images).to(device), labels.to(device)
+    augmenter = Augmenter() if config.augment else None
+    net.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(y_all), generator=gen).to(device)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            x = x_all[idx]
+            if augmenter is not None:
+                x = augmenter.apply(x, augmenter.sample(gen, per_example=len(idx)))
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y_all[idx]).backward()
+            opt.step()
+        sched.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, test: ImageDataset, device: torch.device = torch.device("cpu"), batch: int = 1000) -> float:
+    """Fraction of `test` classified correctly."""
+    net.eval()
+    correct = 0
+    for start in range(0, len(test), batch):
+        x = to_model_space(test.images[start : start + batch]).to(device)
+        correct += int((net(x).argmax(1).cpu() == test.labels[start : start + batch]).sum())
+    return correct / max(1, len(test))
+
+
+def evaluate_synthetic(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test: ImageDataset,
+    seeds: int = 3,
+    config: TrainConfig = TrainConfig(),
+    device: torch.device = torch.device("cpu"),
+    progress: bool = True,
+) -> dict:
+    """Test accuracy mean ± std over `seeds` freshly trained networks."""
+    if seeds < 1:
+        raise ValueError("need at least one seed")
+    if images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"synthetic images {tuple(images.shape[1:])} do not match test images {tuple(test.images.shape[1:])}")
+    scores = []
+    for seed in tqdm(range(seeds), desc="evaluating", unit="net", disable=not progress):
+        net = train_classifier(images, labels, test.num_classes, config, seed, device)
+        scores.append(accuracy(net, test, device))
+    return {
+        "accuracy_mean": statistics.fmean(scores),
+        "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "accuracies": scores,
+        "seeds": list(range(seeds)),
+        "train_config": config.__dict__,
+    }

@@ -1,0 +1,38 @@
+"""Pictures people look at: a grid of synthetic images, one row per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def save_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:
+    """PNG with one row per class (its name on the left) and that class's images across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [images[labels == c] for c in range(len(classes))]
+    cols = max(1, max(len(r) for r in rows))
+    fig, axes = plt.subplots(len(classes), cols, figsize=(0.9 * cols + 1.2, 0.9 * len(classes) + 0.5), squeeze=False)
+    for c, row in enumerate(rows):
+        for j in range(cols):
+            ax = axes[c][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                img = row[j].clamp(0, 1)
+                if img.shape[0] == 1:
+                    ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(img.permute(1, 2, 0).numpy())
+        axes[c][0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
