@@ -295,7 +295,7 @@ def distill(
                 syn_grad = torch.autograd.grad(syn_loss, releaser.params, create_graph=True)
                 loss = matching_distance(target, list(syn_grad))
                 torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
             image_opt.step()
             with torch.no_grad():
                 synthetic.clamp_(-1.0, 1.0)

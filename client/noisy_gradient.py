@@ -8,6 +8,7 @@ parameters). This is the only place real records enter the computation.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -16,6 +17,10 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
+
+# Opacus' hooks stay registered while disabled; PyTorch then warns on every backward that
+# does not need them (the synthetic pass, network updates on S). The warning is expected.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 class NoisyClassGradient:

@@ -52,7 +52,7 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-images", type=float, default=d.lr_images)
     p.add_argument("--no-augment", action="store_true", help="switch differentiable augmentation off")
     p.add_argument("--seed", type=int, default=d.seed, help="public seed: initial images, network draws, augmentation")
-    p.add_argument("--limit", type=int, help="use only the first N records (quick trials)")
+    p.add_argument("--limit", type=int, help="use a random N records (seeded by --seed), for quick trials")
     p.add_argument("--ledger", type=Path, help="site ledger (default $FEDSYNTH_HOME/ledger.jsonl)")
     p.add_argument("--site-budget", type=_epsilon, help="total ε of a new ledger (default 10; 'inf' for research)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -96,7 +96,10 @@ def _run_distill(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_dir, train=True, download=args.download,
                            image_size=args.image_size, channels=args.channels)
     if args.limit:
-        dataset = dataset.subset(range(min(args.limit, len(dataset))))
+        import torch
+
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[: args.limit]
+        dataset = dataset.subset(chosen.sort().values)
     ledger = Ledger.open(args.ledger or fedsynth_home() / "ledger.jsonl", budget_epsilon=args.site_budget)
     result = distill(dataset, config, ledger, args.out, device=args.device, progress=not args.quiet,
                      dataset_label=args.dataset or str(args.data_dir))

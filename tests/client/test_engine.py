@@ -1,0 +1,171 @@
+"""The engine end to end on small real data, with real Opacus: sampling, accounting, data path, ledger."""
+
+import math
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+import client.engine as engine
+from client.engine import DistillConfig, EngineError, distill, plan
+from client.noisy_gradient import NoisyClassGradient
+from common.data import DataError, ImageDataset
+from common.ledger import BudgetExceededError, Ledger, LedgerCorruptError
+from common.models import ModelNotPrivateError
+from common.privacy.accounting import epsilon_of_history
+
+TINY = dict(ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0, checkpoint_every=1)
+
+
+def _run(dataset, tmp_path, name="out", ledger=None, secret_seed=0, **overrides):
+    config = DistillConfig(**{**TINY, **overrides})
+    ledger = ledger or Ledger.open(tmp_path / "ledger.jsonl", budget_epsilon=math.inf)
+    return distill(dataset, config, ledger, tmp_path / name, device="cpu", secret_seed=secret_seed, progress=False)
+
+
+def test_sampling_rate_is_the_accounted_one(tiny_mnist, tmp_path, monkeypatch):
+    sizes = []
+    original = NoisyClassGradient.__call__
+
+    def spy(self, x, label):
+        sizes.append(x.shape[0])
+        return original(self, x, label)
+
+    monkeypatch.setattr(NoisyClassGradient, "__call__", spy)
+    result = _run(tiny_mnist, tmp_path, iterations=20, inner_steps=1, ipc=1)
+    q = result.synthetic.claim["sample_rate"]
+    assert q == pytest.approx(6.0 * 10 / len(tiny_mnist))
+    assert len(sizes) == 20 * 10  # one release per class per step
+    n_per_class, draws = 30, len(sizes)
+    mean = sum(sizes) / draws
+    sd = math.sqrt(n_per_class * q * (1 - q) / draws)
+    assert abs(mean - n_per_class * q) < 4 * sd  # Binomial(30, q) batches: Poisson sampling at rate q
+    assert len(set(sizes)) > 3  # batch sizes vary: sampling is not fixed-size
+
+
+def test_claimed_epsilon_is_opacus_epsilon_and_below_target(tiny_mnist, tmp_path):
+    result = _run(tiny_mnist, tmp_path, epsilon=3.0, accountant="rdp")
+    claim = result.synthetic.claim
+    assert claim["steps"] == TINY["iterations"] * TINY["inner_steps"]
+    acc = RDPAccountant()
+    for _ in range(claim["steps"]):
+        acc.step(noise_multiplier=claim["noise_multiplier"], sample_rate=claim["sample_rate"])
+    assert claim["epsilon"] == pytest.approx(acc.get_epsilon(claim["delta"]), rel=1e-9)
+    assert claim["epsilon"] <= 3.0
+    assert claim["clip_norm"] == DistillConfig().clip_norm
+
+
+def test_noise_multiplier_given_directly(tiny_mnist, tmp_path):
+    result = _run(tiny_mnist, tmp_path, noise_multiplier=2.0)
+    claim = result.synthetic.claim
+    assert claim["noise_multiplier"] == 2.0
+    mech = plan(tiny_mnist, DistillConfig(**{**TINY, "noise_multiplier": 2.0})).mechanism
+    assert claim["epsilon"] == pytest.approx(epsilon_of_history([mech], 1e-5))
+
+
+def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
+    gen = torch.Generator().manual_seed(seed)
+    return ImageDataset(torch.rand(dataset.images.shape, generator=gen), dataset.labels.clone(), dataset.classes, "x")
+
+
+def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch):
+    """Blind the one real-data path: the output must then not depend on the records at all."""
+    other = _scrambled(tiny_mnist, 1)
+    control_a = _run(tiny_mnist, tmp_path, "ca", noise_multiplier=1.0).synthetic.images
+    control_b = _run(other, tmp_path, "cb", noise_multiplier=1.0).synthetic.images
+    assert not torch.equal(control_a, control_b), "control: the records do shape the set"
+
+    original = NoisyClassGradient.__call__
+    monkeypatch.setattr(NoisyClassGradient, "__call__", lambda self, x, label: original(self, torch.zeros_like(x), label))
+    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0).synthetic.images
+    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0).synthetic.images
+    assert torch.equal(blind_a, blind_b)
+
+
+def test_budget_stop_refuses_before_anything_is_written(tiny_mnist, tmp_path):
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=3.2)
+    _run(tiny_mnist, tmp_path, "first", ledger=ledger, epsilon=3.0)
+    before = ledger.path.read_bytes()
+    with pytest.raises(BudgetExceededError):
+        _run(tiny_mnist, tmp_path, "second", ledger=ledger, epsilon=3.0)
+    assert ledger.path.read_bytes() == before
+    assert not (tmp_path / "second" / "synthetic.safetensors").exists()
+    assert ledger.spent_epsilon() <= 3.2
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_path):
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    config = DistillConfig(**{**TINY, "epsilon": 5.0})
+
+    def crash_at_2(done):
+        if done == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        distill(tiny_mnist, config, ledger, tmp_path / "run", device="cpu", secret_seed=7, progress=False, on_iteration=crash_at_2)
+    spends = [e for e in ledger.entries() if e["kind"] == "spend"]
+    assert len(spends) == 1 and not ledger.released(spends[0]["run_id"])
+    spent = ledger.spent_epsilon()
+
+    resumed = distill(tiny_mnist, config, Ledger.open(ledger.path), tmp_path / "run", device="cpu", progress=False)
+    assert resumed.resumed_from == 2
+    assert resumed.run_id == spends[0]["run_id"]
+    assert ledger.spent_epsilon() == spent  # resuming spent nothing more
+    assert [e["kind"] for e in ledger.entries()] == ["open", "spend", "release"]
+
+    straight = distill(tiny_mnist, config, ledger, tmp_path / "straight", device="cpu", secret_seed=7, progress=False)
+    assert torch.allclose(resumed.synthetic.images, straight.synthetic.images, atol=1e-6)
+
+
+def test_resume_with_other_settings_is_refused(tiny_mnist, tmp_path):
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    with pytest.raises(Crash):
+        distill(tiny_mnist, DistillConfig(**TINY), ledger, tmp_path / "run", device="cpu", progress=False,
+                on_iteration=lambda done: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(EngineError, match="different configuration"):
+        distill(tiny_mnist, DistillConfig(**{**TINY, "ipc": 2}), ledger, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_corrupt_ledger_stops_the_engine(tiny_mnist, tmp_path):
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    with open(ledger.path, "a") as handle:
+        handle.write('{"seq": 1, "kind": "spend"}\n')
+    with pytest.raises(LedgerCorruptError):
+        _run(tiny_mnist, tmp_path, ledger=ledger)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (dict(ipc=31), DataError, "larger than the number of records"),
+        (dict(epsilon=0.0), ValueError, "epsilon"),
+        (dict(epsilon=-1.0), ValueError, "epsilon"),
+        (dict(delta=0.01), ValueError, "below 1/n"),
+        (dict(delta=1.5), ValueError, "delta"),
+        (dict(norm="batchnorm"), ModelNotPrivateError, "BatchNorm"),
+    ],
+)
+def test_bad_input_is_refused_before_budget_is_spent(tiny_mnist, tmp_path, overrides, error, match):
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    before = ledger.path.read_bytes()
+    with pytest.raises(error, match=match):
+        _run(tiny_mnist, tmp_path, ledger=ledger, **overrides)
+    assert ledger.path.read_bytes() == before
+
+
+def test_class_with_no_records_is_refused(tiny_mnist, tmp_path):
+    keep = torch.nonzero(tiny_mnist.labels != 4).flatten()
+    with pytest.raises(DataError, match="no records: 4"):
+        _run(tiny_mnist.subset(keep), tmp_path)
+
+
+def test_no_noise_run_is_unbounded_and_needs_an_unbounded_budget(tiny_mnist, tmp_path):
+    result = _run(tiny_mnist, tmp_path, epsilon=math.inf)
+    assert result.synthetic.claim["epsilon"] is None and result.synthetic.claim["noise_multiplier"] == 0.0
+    with pytest.raises(BudgetExceededError):
+        _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10), epsilon=math.inf)

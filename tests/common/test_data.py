@@ -1,0 +1,79 @@
+import pytest
+import torch
+from PIL import Image
+
+from common.data import DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder, load_mnist5k
+
+
+def test_mnist5k_split_is_balanced_and_disjoint():
+    train, test = load_mnist5k(train=True), load_mnist5k(train=False)
+    assert len(train) == 4000 and len(test) == 1000
+    assert train.class_counts() == [400] * 10 and test.class_counts() == [100] * 10
+    assert train.images.shape[1:] == (1, 28, 28) and 0.0 <= train.images.min() and train.images.max() <= 1.0
+    assert train.images.max() > 0.9  # pixels were scaled from 0..255, not left at 0..1/255
+    flat_train = {hash(row.numpy().tobytes()) for row in train.images.flatten(1)}
+    assert not any(hash(row.numpy().tobytes()) in flat_train for row in test.images.flatten(1))
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_debian_files(tmp_path):
+    train = load_fashion_mnist(train=True, root=tmp_path)
+    test = load_fashion_mnist(train=False, root=tmp_path)
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.class_counts() == [6000] * 10
+    assert train.classes[0] == "T-shirt/top"
+
+
+def test_missing_fashion_mnist_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(train=True, root=tmp_path / "empty")
+
+
+def _write_folder(root, dataset, classes=(0, 1, 2), per_class=4, mode="L", size=28):
+    for c in classes:
+        (root / f"class_{c}").mkdir(parents=True)
+        for i, img in enumerate(dataset.images[dataset.labels == c][:per_class]):
+            pil = Image.fromarray((img[0].numpy() * 255).astype("uint8"), "L").convert(mode).resize((size, size))
+            pil.save(root / f"class_{c}" / f"{i}.png")
+
+
+def test_image_folder_any_size_and_channels(tmp_path, tiny_mnist):
+    _write_folder(tmp_path / "rgb", tiny_mnist, mode="RGB", size=40)
+    ds = load_image_folder(tmp_path / "rgb", image_size=32)
+    assert ds.images.shape == (12, 3, 32, 32) and ds.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert ds.classes == ["class_0", "class_1", "class_2"]
+    _write_folder(tmp_path / "grey", tiny_mnist)
+    grey = load_dataset(data_dir=tmp_path / "grey")
+    assert grey.images.shape == (12, 1, 28, 28)
+    original = tiny_mnist.images[tiny_mnist.labels == 0][0]
+    assert torch.allclose(grey.images[0], original, atol=1 / 255 + 1e-6)  # the pixels survive the round trip
+
+
+def test_image_folder_names_unreadable_files(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist)
+    (tmp_path / "class_1" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "class_2" / "cut.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(DataError, match="2 unreadable") as err:
+        load_image_folder(tmp_path)
+    assert "broken.png" in str(err.value) and "cut.jpg" in str(err.value)
+
+
+def test_image_folder_with_one_class_is_refused(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist, classes=(5,))
+    with pytest.raises(DataError, match="at least two classes"):
+        load_image_folder(tmp_path)
+
+
+def test_image_folder_with_empty_class_loads_and_reports_it(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist, classes=(0, 1))
+    (tmp_path / "class_9").mkdir()
+    ds = load_image_folder(tmp_path)
+    assert ds.class_counts() == [4, 4, 0]  # the engine then refuses it by name
+
+
+def test_missing_folder_and_bad_choice(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_image_folder(tmp_path / "nope")
+    with pytest.raises(DataError, match="exactly one"):
+        load_dataset("mnist5k", tmp_path)
