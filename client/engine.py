@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -228,8 +229,11 @@ def distill(
                 "its own settings, or delete that folder to abandon it (its budget stays spent)"
             )
         run_id, secret, start = state["run_id"], int(state["secret_seed"]), int(state["iteration"])
-        if ledger.spend_for(run_id) is None:
+        spend = ledger.spend_for(run_id)
+        if spend is None:
             raise EngineError(f"checkpoint of run {run_id} has no spend entry in {ledger.path}: wrong ledger?")
+        if spend["mechanism"] != the_plan.mechanism.to_dict():
+            raise EngineError(f"run {run_id} was accounted as {spend['mechanism']}, not {the_plan.mechanism.to_dict()}")
         if ledger.released(run_id):
             raise EngineError(f"run {run_id} was already released; delete {_checkpoint_dir(out)}")
     else:
@@ -344,7 +348,9 @@ def _spent_so_far(the_plan: Plan, releases: int) -> str:
     """ε of the releases made so far (RDP: cheap enough to show every iteration)."""
     m = the_plan.mechanism
     done = Mechanism(m.noise_multiplier, m.sample_rate, releases, m.clip_norm)
-    return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
+    with warnings.catch_warnings():  # early on, ε is tiny and Opacus asks for more RDP orders: harmless here
+        warnings.simplefilter("ignore", UserWarning)
+        return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
 
 
 def _state(run_id: str, secret: int, iteration: int, config: dict) -> dict:

@@ -1,0 +1,159 @@
+"""Engine benchmark: one site holding all of Fashion-MNIST's training set.
+
+Rows: IPC ∈ {1, 10} × ε ∈ {1, 10, no noise}, δ = 1e-5. Each row runs in its own process
+(so peak memory is its own), distils with the profile's settings, evaluates the set on
+the real test split over 3 seeds, and is merged into bench/results/distill.json; the set
+itself is kept under bench/results/sets/. Prints a table with PSG's published figure.
+
+    .venv/bin/python bench/distill.py --profile cpu                 # all rows, ≤ 30 min each on 2 cores
+    .venv/bin/python bench/distill.py --profile cpu --ipc 10 --epsilon 10
+    .venv/bin/python bench/distill.py --profile paper --device cuda # PSG's scale, for a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+SETS = RESULTS / "sets"
+
+# Engine settings per profile (DistillConfig fields) and the evaluation protocol.
+PROFILES = {
+    "cpu": dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0),
+                eval_epochs=300),
+    # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
+    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
+                  eval_epochs=1000),
+}
+# PSG's published Fashion-MNIST figures (Dosser, ICCV 2025, Table 1; ε likely 1); None where none is published.
+PSG_PUBLISHED = {(10, 1.0): 68.5}
+NON_PRIVATE_DC = {1: 70.5, 10: 82.3}
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["dataset"], row["profile"], row["ipc"], row["epsilon"])
+
+
+def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, seed: int) -> dict:
+    """Distil and evaluate one configuration in this process; return its result row."""
+    from client.engine import DistillConfig, distill, resolve_device
+    from common.data import load_fashion_mnist
+    from common.evaluation import TrainConfig, evaluate_synthetic
+    from common.ledger import Ledger
+    from common.synthetic_set import SET_FILE, CLAIM_FILE, PICTURE_FILE
+    from common.versions import library_versions
+
+    settings = PROFILES[profile]
+    config = DistillConfig(ipc=ipc, epsilon=epsilon, delta=1e-5, seed=seed, **settings["distill"])
+    train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger.open(Path(tmp) / "ledger.jsonl", budget_epsilon=math.inf)
+        started = time.time()
+        result = distill(train, config, ledger, Path(tmp) / "set", device=device, dataset_label="fashion-mnist")
+        distill_seconds = time.time() - started
+        name = f"{profile}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+        SETS.mkdir(parents=True, exist_ok=True)
+        for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
+            shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
+    started = time.time()
+    evaluation = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, seeds,
+                                    TrainConfig(epochs=settings["eval_epochs"]), resolve_device(device))
+    claim = result.synthetic.claim
+    return {
+        "dataset": "fashion-mnist",
+        "profile": profile,
+        "ipc": ipc,
+        "epsilon": None if math.isinf(epsilon) else epsilon,
+        "claimed_epsilon": claim["epsilon"],
+        "delta": 1e-5,
+        "noise_multiplier": claim["noise_multiplier"],
+        "sample_rate": claim["sample_rate"],
+        "steps": claim["steps"],
+        "accuracy_mean": evaluation["accuracy_mean"],
+        "accuracy_std": evaluation["accuracy_std"],
+        "accuracies": evaluation["accuracies"],
+        "seconds": distill_seconds,
+        "eval_seconds": time.time() - started,
+        "iterations_per_second": config.iterations / distill_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "psg_published": PSG_PUBLISHED.get((ipc, epsilon)),
+        "dc_non_private": NON_PRIVATE_DC.get(ipc),
+        "set": f"bench/results/sets/{name}.safetensors",
+        "config": claim["config"],
+        "eval_epochs": settings["eval_epochs"],
+        "seed": seed,
+        "device": device,
+        "versions": library_versions(),
+    }
+
+
+def merge(rows: list[dict], path: Path) -> list[dict]:
+    """Replace rows with the same key, keep the others, write strict JSON."""
+    from common.synthetic_set import write_json
+
+    existing = json.loads(path.read_text())["rows"] if path.exists() else []
+    keyed = {_row_key(r): r for r in existing}
+    keyed.update({_row_key(r): r for r in rows})
+    merged = sorted(keyed.values(), key=lambda r: (r["profile"], r["ipc"], r["epsilon"] is None, r["epsilon"] or 0))
+    write_json(path, {"benchmark": "distill", "rows": merged})
+    return merged
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| profile | IPC | ε | accuracy % | PSG published | distill time | it/s | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
+        lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
+                     f"| {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--ipc", type=int, nargs="*", default=[1, 10])
+    parser.add_argument("--epsilon", type=float, nargs="*", default=[1.0, 10.0, math.inf])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    parser.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)  # child-process mode
+    args = parser.parse_args()
+
+    if args.one_row:
+        row = run_row(args.profile, args.ipc[0], args.epsilon[0], args.seeds, args.device, args.seed)
+        print("ROW " + json.dumps(row, allow_nan=False))
+        return 0
+
+    rows = []
+    for ipc in args.ipc:
+        for eps in args.epsilon:
+            cmd = [sys.executable, __file__, "--one-row", "--profile", args.profile, "--ipc", str(ipc), "--epsilon",
+                   str(eps), "--seeds", str(args.seeds), "--seed", str(args.seed), "--device", args.device]
+            print(f"== {args.profile} ipc={ipc} ε={eps:g}", flush=True)
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(f"row failed (exit {done.returncode})", file=sys.stderr)
+                continue
+            rows.append(json.loads(next(l for l in done.stdout.splitlines() if l.startswith("ROW "))[4:]))
+            merged = merge(rows, args.out)
+            print(table([r for r in merged if r["profile"] == args.profile]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
