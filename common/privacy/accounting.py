@@ -8,6 +8,7 @@ multiplier `noise_multiplier`) so that the engine, the ledger and the audit agre
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -78,16 +79,18 @@ def calibrate_noise_multiplier(
     check_delta(delta)
     if not (target_epsilon > 0.0) or math.isinf(target_epsilon):
         raise ValueError(f"target epsilon must be finite and > 0, got {target_epsilon}")
-    sigma = float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.005 * target_epsilon,
+    with warnings.catch_warnings():  # the search visits tiny σ where Opacus asks for more RDP orders
+        warnings.simplefilter("ignore", UserWarning)
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.005 * target_epsilon,
+            )
         )
-    )
     achieved = epsilon_of_history([Mechanism(sigma, sample_rate, steps, 1.0)], delta, accountant)
     if achieved > target_epsilon:  # never exceed the target, whatever the search returned
         raise RuntimeError(f"calibration gave σ={sigma} with ε={achieved} > target {target_epsilon}")

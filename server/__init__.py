@@ -1,0 +1,1 @@
+"""The coordinator side of fedsynth: upload checks, pooling, global training (the Flower ServerApp)."""
