@@ -1,0 +1,53 @@
+"""A site's reply on the wire: Flower records only (numpy arrays without pickle, a JSON string, raw bytes).
+
+    RecordDict {
+      "synthetic": ArrayRecord {"images": float32 [N, C, H, W], "labels": int64 [N]},
+      "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>},
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from server.validation import Upload
+
+
+class PayloadError(ValueError):
+    """The reply does not have the expected structure; the message is the rejection reason."""
+
+
+def to_record(images: torch.Tensor, labels: torch.Tensor, claim: dict[str, Any], signature: bytes, site: str) -> RecordDict:
+    arrays = ArrayRecord({"images": images.detach().cpu().contiguous(), "labels": labels.detach().cpu().contiguous()})
+    meta = ConfigRecord({"json": json.dumps(claim, sort_keys=True, allow_nan=False), "signature": signature, "site": site})
+    return RecordDict({"synthetic": arrays, "claim": meta})
+
+
+def from_record(content: RecordDict) -> Upload:
+    """Decode a reply without trusting it: any structural problem is a PayloadError naming it."""
+    try:
+        arrays, meta = content["synthetic"], content["claim"]
+    except KeyError as err:
+        raise PayloadError(f"schema: reply lacks record {err}") from None
+    if not isinstance(arrays, ArrayRecord) or not isinstance(meta, ConfigRecord):
+        raise PayloadError("schema: reply records have the wrong types")
+    if set(arrays.keys()) != {"images", "labels"}:
+        raise PayloadError(f"schema: expected arrays images and labels, got {sorted(arrays.keys())}")
+    tensors = {}
+    for name, array in arrays.items():
+        try:
+            tensors[name] = torch.from_numpy(array.numpy().copy())  # numpy.load without pickle
+        except Exception as err:  # noqa: BLE001 - any decoding failure is a rejection, not a crash
+            raise PayloadError(f"schema: array {name} does not decode ({err.__class__.__name__})") from None
+    try:
+        claim = json.loads(str(meta["json"]))
+        signature, site = meta["signature"], str(meta["site"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise PayloadError(f"schema: claim record unreadable ({err})") from None
+    if not isinstance(claim, dict) or not isinstance(signature, bytes):
+        raise PayloadError("schema: claim must be a JSON object and the signature bytes")
+    return Upload(site, tensors["images"], tensors["labels"], claim, signature)
