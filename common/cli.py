@@ -1,4 +1,4 @@
-"""`fedsynth` command line: distill a site's data, evaluate a synthetic set."""
+"""`fedsynth` command line: distill a site's data, evaluate a synthetic set, simulate a federated round."""
 
 from __future__ import annotations
 
@@ -73,11 +73,19 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="one federated round with N simulated sites (Flower simulation engine)")
+    p.add_argument("--sites", type=int, default=10, help="number of simulated sites (Flower's num-supernodes)")
+    p.add_argument("--run-config", help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
+    p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _distill_parser(sub)
     _evaluate_parser(sub)
+    _simulate_parser(sub)
     return parser
 
 
@@ -140,9 +148,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_simulate(args: argparse.Namespace) -> int:
+    from common.simulation import run_simulation
+
+    return run_simulation(args.app, args.sites, args.run_config)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"distill": _run_distill, "evaluate": _run_evaluate}
+    handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate}
     try:
         return handlers[args.command](args)
     except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError) as err:

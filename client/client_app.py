@@ -1,0 +1,88 @@
+"""fedsynth ClientApp: on the server's request, distil this site's records and reply with the signed set.
+
+Settings: the server's request carries the round (run id, nonce) and the distillation
+parameters; `context.node_config` says where this site's data, ledger and signing key
+are (in simulation: `partition-id`/`num-partitions` of a built-in dataset).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.engine import DistillConfig, distill
+from common.data import ImageDataset, fedsynth_home, load_dataset
+from common.ledger import BudgetExceededError, Ledger
+from common.partition import site_dataset
+from common.payload import to_record
+from common.signing import generate_signing_key, load_private_key, sign
+
+app = ClientApp()
+
+
+def _site_name(node: dict, context: Context) -> str:
+    if "site" in node:
+        return str(node["site"])
+    if "partition-id" in node:
+        return f"site-{int(node['partition-id'])}"
+    return f"node-{context.node_id}"
+
+
+def _site_data(node: dict, request: dict) -> ImageDataset:
+    """The site's own folder in deployment; its partition of a built-in dataset in simulation."""
+    if node.get("data-dir"):
+        return load_dataset(data_dir=str(node["data-dir"]), image_size=int(request.get("image-size", 28)))
+    dataset = load_dataset(str(node.get("dataset", request["dataset"])), train=True)
+    if "partition-id" in node:
+        return site_dataset(dataset, int(node["num-partitions"]), int(node["partition-id"]),
+                            str(request.get("partition", "iid")), float(request.get("alpha", 0.5)),
+                            int(request.get("seed", 0)))
+    return dataset
+
+
+def _site_paths(node: dict, request: dict, site: str) -> tuple[Path, Path, Path]:
+    """Where this site keeps its ledger, work and key. Only a simulated site (one with a
+    `partition-id`) lets the run choose: a real site's ledger location is the site's own
+    business, or a server could point it at a fresh ledger and reset its budget."""
+    simulated_home = str(request.get("sites-dir", "")) if "partition-id" in node else ""
+    default_home = Path(simulated_home) / site if simulated_home else fedsynth_home() / "sites" / site
+    home = Path(str(node.get("home", default_home)))
+    ledger = Path(str(node.get("ledger", home / "ledger.jsonl")))
+    key = Path(str(node.get("signing-key", "")) or (Path(str(request["keys-dir"])) / f"{site}.pem"))
+    return home, ledger, key
+
+
+def _signing_key(path: Path):
+    """Load the site's key; in simulation (keys-dir given by the run) make it on first use."""
+    if not path.exists():
+        generate_signing_key(path, path.with_suffix(".pub"))
+    return load_private_key(path)
+
+
+@app.train()
+def distil_and_upload(msg: Message, context: Context) -> Message:
+    request = dict(msg.content["request"])
+    node = dict(context.node_config)
+    site = _site_name(node, context)
+    home, ledger_path, key_path = _site_paths(node, request, site)
+    config = DistillConfig(
+        ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
+        iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
+        width=int(request.get("width", DistillConfig.width)), seed=int(request.get("seed", 0)),
+        lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
+    )
+    try:
+        ledger = Ledger.open(ledger_path, budget_epsilon=float(node["site-budget"]) if "site-budget" in node else None)
+        dataset = _site_data(node, request)
+        result = distill(dataset, config, ledger, home / "runs" / str(request["run-id"]), progress=False,
+                         device=str(node.get("device", "auto")), dataset_label=dataset.name)
+    except (BudgetExceededError, ValueError) as err:  # refusals are answers, not crashes
+        refusal = ConfigRecord({"site": site, "refused": str(err)})
+        return Message(RecordDict({"refusal": refusal}), reply_to=msg)
+    synthetic = result.synthetic
+    signature = sign(_signing_key(key_path), synthetic.claim, str(request["run-id"]), str(request["nonce"]))
+    return Message(to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site), reply_to=msg)

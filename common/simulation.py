@@ -1,0 +1,101 @@
+"""Run the Flower app as a local simulation with nothing downloaded and nothing left running.
+
+`flwr run` against Flower's managed `:local:` SuperLink would install the app's
+dependencies (torch among them) into a fresh environment on every run. Instead this
+starts a private `flower-superlink --simulation --disable-runtime-dependency-installation`
+on free loopback ports with its own FLWR_HOME, submits the app with `flwr run . <conn>
+--federation-config num-supernodes=N --stream`, and stops the SuperLink's whole process
+group when the run ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+CONNECTION = "fedsynth-sim"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(flwr_home: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f}s; see {log}")
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
+    """A private simulation SuperLink; yields the environment in which `flwr run . fedsynth-sim` reaches it."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    http, control, fleet = free_port(), free_port(), free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{http}"\ninsecure = true\n'
+    )
+    env = _env(flwr_home)
+    log = flwr_home / "superlink.log"
+    command = ["flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
+               "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(http),
+               "--control-api-address", f"127.0.0.1:{control}", "--fleet-api-address", f"127.0.0.1:{fleet}",
+               "--database", ":flwr-in-memory:"]
+    with open(log, "ab") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(http, process, log)
+        yield env
+    finally:
+        stop_process_group(process)
+
+
+def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flwr_home: Path | None = None,
+                   timeout: float | None = None) -> int:
+    """Simulate `sites` sites running the app in `app_dir`; returns `flwr run`'s exit status."""
+    with tempfile.TemporaryDirectory(prefix="fedsynth-flwr-") as tmp:
+        home = Path(flwr_home) if flwr_home else Path(tmp)
+        with simulation_superlink(home) as env:
+            command = ["flwr", "run", str(app_dir), CONNECTION, "--federation-config", f"num-supernodes={sites}", "--stream"]
+            if run_config:
+                command += ["--run-config", run_config]
+            return subprocess.run(command, env=env, timeout=timeout).returncode

@@ -1,0 +1,38 @@
+"""The server's output folder: metrics, privacy report (JSON and Markdown), pooled set, global model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from common.plots import save_image_grid
+from common.synthetic_set import write_json
+
+
+def privacy_markdown(sites: list[dict[str, Any]]) -> str:
+    """One row per site: ε, δ, σ, q, steps, accepted or why not."""
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    lines = ["| site | ε | δ | σ | q | steps | accepted | reason |", "|---|---|---|---|---|---|---|---|"]
+    for s in sites:
+        lines.append(f"| {s['site']} | {fmt(s.get('epsilon'), '.4g')} | {fmt(s.get('delta'), 'g')} | "
+                     f"{fmt(s.get('noise_multiplier'), '.4g')} | {fmt(s.get('sample_rate'), '.4g')} | "
+                     f"{fmt(s.get('steps'), 'd')} | {'yes' if s['accepted'] else 'no'} | {s['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, Any]], config: dict[str, Any],
+                  versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
+                  classes: list[str], model: torch.nn.Module | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", {**metrics, "sites": sites, "config": config, "versions": versions})
+    write_json(out / "privacy_report.json", {"sites": sites, "config": config, "versions": versions})
+    (out / "privacy_report.md").write_text("# Privacy report\n\n" + privacy_markdown(sites))
+    save_file({"images": pool_images.contiguous(), "labels": pool_labels.contiguous()}, str(out / "synthetic_pool.safetensors"))
+    if len(pool_labels):
+        save_image_grid(pool_images, pool_labels, classes, out / "synthetic_pool.png", title="pooled synthetic set")
+    if model is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(out / "global_model.safetensors"), metadata={"config": str(getattr(model, "config", {}))})

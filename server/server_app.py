@@ -1,0 +1,122 @@
+"""fedsynth ServerApp: one round. Ask every connected site for a signed synthetic set, check each reply,
+pool the accepted sets, train and evaluate the global model, write the report.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.data import ImageDataset, load_dataset
+from common.evaluation import TrainConfig, accuracy, train_classifier
+from common.payload import PayloadError, from_record
+from common.signing import load_public_key
+from common.versions import library_versions
+from server.report import privacy_markdown, write_outputs
+from server.validation import UploadPolicy, Verdict, check_upload
+
+app = ServerApp()
+
+REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "width", "lr-images", "partition",
+                "alpha", "seed", "keys-dir", "sites-dir")
+
+
+def _wait_for_sites(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """Node ids once `wanted` sites are connected, or whoever is connected when `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= wanted or time.monotonic() > deadline:
+            return nodes
+        time.sleep(1.0)
+
+
+def _public_key(keys_dir: Path, site: str):
+    path = keys_dir / f"{site}.pub"
+    return load_public_key(path) if path.exists() else None
+
+
+def _fail(out: Path, sites: list[dict], cfg: dict, test: ImageDataset, reason: str) -> None:
+    """Write the report of a round that cannot complete, then stop the run with `reason`."""
+    write_outputs(out, metrics={"accuracy": None, "status": "failed", "reason": reason}, sites=sites, config=cfg,
+                  versions=library_versions(), pool_images=torch.zeros(0, *test.image_shape),
+                  pool_labels=torch.zeros(0, dtype=torch.long), classes=test.classes, model=None)
+    print(f"[fedsynth] round failed: {reason}; see {out}/privacy_report.md", flush=True)
+    raise RuntimeError(reason)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = dict(context.run_config)
+    out = Path(str(cfg["output-dir"]))
+    min_sites = int(cfg["min-sites"])
+    test = load_dataset(str(cfg["dataset"]), train=False)
+    nodes = _wait_for_sites(grid, int(cfg.get("expected-sites", min_sites)), float(cfg.get("connect-timeout", 60)))
+    if len(nodes) < min_sites:
+        _fail(out, [], cfg, test, f"only {len(nodes)} site(s) connected, the round needs min-sites={min_sites}")
+
+    run_id, nonce = str(context.run_id), secrets.token_hex(16)
+    request = ConfigRecord({**{k: cfg[k] for k in REQUEST_KEYS if k in cfg}, "run-id": run_id, "nonce": nonce})
+    messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.TRAIN)
+                for node in nodes]
+    print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})", flush=True)
+    replies = list(grid.send_and_receive(messages, timeout=float(cfg.get("timeout", 3600))))
+
+    policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
+                          max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]))
+    keys_dir = Path(str(cfg["keys-dir"]))
+    sites, accepted, seen = [], [], set()
+    answered = {reply.metadata.src_node_id for reply in replies}
+    for node in nodes:
+        if node not in answered:
+            sites.append({"site": f"node-{node}", "accepted": False, "reason": "no reply before the timeout"})
+    for reply in replies:
+        row, verdict = {"site": f"node-{reply.metadata.src_node_id}"}, None
+        if reply.has_error():
+            verdict = Verdict.reject(f"site error: {reply.error.reason}")
+        elif "refusal" in reply.content:
+            row["site"] = str(reply.content["refusal"]["site"])
+            verdict = Verdict.reject(f"site refused: {reply.content['refusal']['refused']}")
+        else:
+            try:
+                upload = from_record(reply.content)
+                row["site"] = upload.site
+                row.update({k: upload.claim.get(k) for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps")})
+                if upload.site in seen:
+                    verdict = Verdict.reject("duplicate: this site already replied")
+                else:
+                    verdict = check_upload(upload, policy, _public_key(keys_dir, upload.site), run_id, nonce)
+                    seen.add(upload.site)
+                if verdict.accepted:
+                    accepted.append(upload)
+            except PayloadError as err:
+                verdict = Verdict.reject(str(err))
+        row.update(accepted=verdict.accepted, reason=verdict.reason)
+        print(f"[fedsynth] {row['site']}: {'accepted' if verdict.accepted else 'rejected'} ({verdict.reason}), "
+              f"ε={row.get('epsilon')}", flush=True)
+        sites.append(row)
+    sites.sort(key=lambda s: s["site"])
+
+    if len(accepted) < min_sites:
+        _fail(out, sites, cfg, test, f"{len(accepted)} site(s) accepted, fewer than min-sites={min_sites}")
+
+    images = torch.cat([u.images for u in accepted])
+    labels = torch.cat([u.labels for u in accepted])
+    train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)))
+    model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)))
+    acc = accuracy(model, test)
+    worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
+    metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
+               "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
+               "train_config": train_config.__dict__}
+    write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
+                  pool_labels=labels, classes=test.classes, model=model)
+    print("\n" + privacy_markdown(sites), flush=True)
+    print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
+          f"{len(labels)} synthetic images; outputs in {out}", flush=True)

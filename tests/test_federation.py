@@ -1,0 +1,71 @@
+"""One federated round on the real Flower simulation engine (private SuperLink, loopback, no downloads)."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from common.ledger import Ledger
+from common.privacy.accounting import Mechanism
+from common.simulation import run_simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ('dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
+        'connect-timeout=30 timeout=600 epsilon=8.0')
+ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global_model.safetensors",
+             "synthetic_pool.safetensors", "synthetic_pool.png")
+
+
+def _leftovers(wait: float = 0.0):
+    """Flower and Ray processes still alive (after waiting up to `wait` s for them to finish exiting)."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["pgrep", "-a", "-f", "flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server"],
+                             capture_output=True, text=True).stdout.splitlines()
+        if not out or time.monotonic() > deadline:
+            return out
+        time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
+    home = tmp_path / "sites-home"
+    monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
+    # site-1 has almost spent its budget; site-2's ledger is corrupt (the engine stops with an error)
+    spent = Ledger.open(home / "site-1" / "ledger.jsonl", budget_epsilon=1.0)
+    spent.spend("earlier", Mechanism(2.0, 0.01, 100, 1.0), 1e-5, "rdp", {})
+    corrupt = home / "site-2" / "ledger.jsonl"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text("{not a ledger}\n")
+    before = _leftovers()
+
+    out = tmp_path / "out"
+    rc = run_simulation(ROOT, 4, TINY + f' min-sites=2 expected-sites=4 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
+                        f'sites-dir="{home}"',
+                        timeout=900)
+    assert rc == 0
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    by_site = {s["site"]: s for s in metrics["sites"]}
+    assert by_site["site-0"]["accepted"] and by_site["site-3"]["accepted"]
+    assert not by_site["site-1"]["accepted"] and "budget exhausted" in by_site["site-1"]["reason"]
+    assert sum(1 for s in metrics["sites"] if not s["accepted"] and "site error" in s["reason"]) == 1  # site-2
+    assert by_site["site-0"]["epsilon"] <= 8.0 and by_site["site-0"]["delta"] == 1e-5
+    assert metrics["accuracy"] > 0.2  # chance is 0.1
+    pool = load_file(str(out / "synthetic_pool.safetensors"))
+    assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
+    assert "| site-1 |" in (out / "privacy_report.md").read_text()
+    assert _leftovers(wait=30) == before  # nothing left running
+
+
+@pytest.mark.slow
+def test_round_below_min_sites_fails_with_a_clear_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    rc = run_simulation(ROOT, 2, TINY + f' steps=1 min-sites=3 expected-sites=2 output-dir="{out}" '
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}"', timeout=600)
+    assert rc != 0 or json.loads((out / "metrics.json").read_text())["status"] == "failed"
