@@ -27,14 +27,19 @@ REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "w
                 "alpha", "seed", "keys-dir", "sites-dir")
 
 
-def _wait_for_sites(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    """Node ids once `wanted` sites are connected, or whoever is connected when `timeout` runs out."""
+def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
+    """Node ids once `wanted` sites are connected, or once at least `enough` are and none joined for
+    `settle` seconds, or whoever is connected when `timeout` runs out."""
     deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
     while True:
         nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= wanted or time.monotonic() > deadline:
+        if len(nodes) != last:
+            last, since = len(nodes), time.monotonic()
+        settled = len(nodes) >= enough and time.monotonic() - since >= settle
+        if len(nodes) >= wanted or settled or time.monotonic() > deadline:
             return nodes
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def _public_key(keys_dir: Path, site: str):
@@ -57,7 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     min_sites = int(cfg["min-sites"])
     test = load_dataset(str(cfg["dataset"]), train=False)
-    nodes = _wait_for_sites(grid, int(cfg.get("expected-sites", min_sites)), float(cfg.get("connect-timeout", 60)))
+    nodes = _wait_for_sites(grid, int(cfg["expected-sites"]), min_sites, float(cfg["connect-timeout"]))
     if len(nodes) < min_sites:
         _fail(out, [], cfg, test, f"only {len(nodes)} site(s) connected, the round needs min-sites={min_sites}")
 
