@@ -31,7 +31,7 @@ SETS = RESULTS / "sets"
 
 # Engine settings per profile (DistillConfig fields) and the evaluation protocol.
 PROFILES = {
-    "cpu": dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0),
+    "cpu": dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0, lr_images=1.0),
                 eval_epochs=300),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),

@@ -72,7 +72,7 @@ class DistillConfig:
     width: int = 32
     depth: int = 3
     norm: str = "instancenorm"
-    lr_images: float = 0.1
+    lr_images: float = 1.0
     momentum_images: float = 0.5
     lr_net: float = 0.01
     augment: bool = True
