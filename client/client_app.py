@@ -74,6 +74,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
         width=int(request.get("width", DistillConfig.width)), seed=int(request.get("seed", 0)),
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
+        every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )
     try:
         ledger = Ledger.open(ledger_path, budget_epsilon=float(node["site-budget"]) if "site-budget" in node else None)

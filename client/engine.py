@@ -76,6 +76,9 @@ class DistillConfig:
     momentum_images: float = 0.5
     lr_net: float = 0.01
     augment: bool = True
+    every_class_populated: bool = True  # refuse classes with fewer than ipc records (False: a federated site
+    # distils every class anyway; a sparse class is matched against mostly-noise gradients, never skipped,
+    # since skipping would reveal which classes the site holds)
     seed: int = 0
     checkpoint_every: int = 10
 
@@ -124,10 +127,10 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         raise DataError(f"{dataset.name}: needs at least two classes, found {dataset.num_classes}")
     counts = dataset.class_counts()
     empty = [dataset.classes[c] for c, n in enumerate(counts) if n == 0]
-    if empty:
+    if empty and config.every_class_populated:
         raise DataError(f"{dataset.name}: class(es) with no records: {', '.join(empty)}")
-    small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if n < config.ipc]
-    if small:
+    small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if 0 < n < config.ipc]
+    if small and config.every_class_populated:
         raise DataError(f"ipc={config.ipc} is larger than the number of records of class(es): {', '.join(small)}")
     if not (config.epsilon > 0):
         raise ValueError(f"epsilon must be > 0, got {config.epsilon}")

@@ -169,3 +169,12 @@ def test_no_noise_run_is_unbounded_and_needs_an_unbounded_budget(tiny_mnist, tmp
     assert result.synthetic.claim["epsilon"] is None and result.synthetic.claim["noise_multiplier"] == 0.0
     with pytest.raises(BudgetExceededError):
         _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10), epsilon=math.inf)
+
+
+def test_federated_site_distils_sparse_and_missing_classes_from_noise(tiny_mnist, tmp_path):
+    keep = torch.cat([torch.nonzero(tiny_mnist.labels == c).flatten()[: (0 if c == 4 else 1 if c == 5 else 30)]
+                      for c in range(10)])
+    sparse = tiny_mnist.subset(keep)
+    result = _run(sparse, tmp_path, ipc=2, every_class_populated=False, epsilon=5.0)
+    assert result.synthetic.labels.tolist() == [c for c in range(10) for _ in range(2)]  # nothing revealed by omission
+    assert torch.isfinite(result.synthetic.images).all()
