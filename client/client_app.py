@@ -7,8 +7,6 @@ are (in simulation: `partition-id`/`num-partitions` of a built-in dataset).
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict

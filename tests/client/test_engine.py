@@ -6,7 +6,6 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-import client.engine as engine
 from client.engine import DistillConfig, EngineError, distill, plan
 from client.noisy_gradient import NoisyClassGradient
 from common.data import DataError, ImageDataset

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array
 
 from common.payload import PayloadError, from_record, to_record
 
