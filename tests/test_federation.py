@@ -66,7 +66,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
 def test_round_below_min_sites_fails_with_a_clear_report(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 2, TINY + f' steps=1 min-sites=3 expected-sites=2 output-dir="{out}" '
+    rc = run_simulation(ROOT, 2, TINY + f' min-sites=3 expected-sites=2 output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}"', timeout=600)
     assert rc != 0  # the wrapper reports the failed run, although `flwr run --stream` itself exits 0
     metrics = json.loads((out / "metrics.json").read_text())
