@@ -125,13 +125,14 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         raise DataError(f"ipc must be at least 1, got {config.ipc}")
     if dataset.num_classes < 2:
         raise DataError(f"{dataset.name}: needs at least two classes, found {dataset.num_classes}")
-    counts = dataset.class_counts()
-    empty = [dataset.classes[c] for c, n in enumerate(counts) if n == 0]
-    if empty and config.every_class_populated:
-        raise DataError(f"{dataset.name}: class(es) with no records: {', '.join(empty)}")
-    small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if 0 < n < config.ipc]
-    if small and config.every_class_populated:
-        raise DataError(f"ipc={config.ipc} is larger than the number of records of class(es): {', '.join(small)}")
+    if config.every_class_populated:
+        counts = dataset.class_counts()
+        empty = [dataset.classes[c] for c, n in enumerate(counts) if n == 0]
+        if empty:
+            raise DataError(f"{dataset.name}: class(es) with no records: {', '.join(empty)}")
+        small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if n < config.ipc]
+        if small:
+            raise DataError(f"ipc={config.ipc} is larger than the number of records of class(es): {', '.join(small)}")
     if not (config.epsilon > 0):
         raise ValueError(f"epsilon must be > 0, got {config.epsilon}")
     if config.noise_multiplier is not None and config.noise_multiplier < 0:
