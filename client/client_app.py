@@ -50,13 +50,21 @@ def _site_paths(node: dict, request: dict, site: str) -> tuple[Path, Path, Path]
     default_home = Path(simulated_home) / site if simulated_home else fedsynth_home() / "sites" / site
     home = Path(str(node.get("home", default_home)))
     ledger = Path(str(node.get("ledger", home / "ledger.jsonl")))
-    key = Path(str(node.get("signing-key", "")) or (Path(str(request["keys-dir"])) / f"{site}.pem"))
+    if node.get("signing-key"):
+        key = Path(str(node["signing-key"]))
+    elif "partition-id" in node:
+        key = Path(str(request["keys-dir"])) / f"{site}.pem"
+    else:
+        raise ValueError("this SuperNode has no signing-key in its --node-config; make one with `fedsynth keys`")
     return home, ledger, key
 
 
-def _signing_key(path: Path):
-    """Load the site's key; in simulation (keys-dir given by the run) make it on first use."""
+def _signing_key(path: Path, simulated: bool):
+    """Load the site's key. Only a simulated site makes one on first use (trust on first use);
+    a real site's key comes from `fedsynth keys` and its public half is registered with the server."""
     if not path.exists():
+        if not simulated:
+            raise ValueError(f"signing key {path} does not exist; make it with `fedsynth keys`")
         generate_signing_key(path, path.with_suffix(".pub"))
     return load_private_key(path)
 
@@ -66,7 +74,6 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     request = dict(msg.content["request"])
     node = dict(context.node_config)
     site = _site_name(node, context)
-    home, ledger_path, key_path = _site_paths(node, request, site)
     config = DistillConfig(
         ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
         iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
@@ -75,6 +82,8 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )
     try:
+        home, ledger_path, key_path = _site_paths(node, request, site)
+        key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
         ledger = Ledger.open(ledger_path, budget_epsilon=float(node["site-budget"]) if "site-budget" in node else None)
         dataset = _site_data(node, request)
         result = distill(dataset, config, ledger, home / "runs" / str(request["run-id"]), progress=False,
@@ -83,5 +92,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         refusal = ConfigRecord({"site": site, "refused": str(err)})
         return Message(RecordDict({"refusal": refusal}), reply_to=msg)
     synthetic = result.synthetic
-    signature = sign(_signing_key(key_path), synthetic.claim, str(request["run-id"]), str(request["nonce"]))
-    return Message(to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site), reply_to=msg)
+    run_id, nonce = str(request["run-id"]), str(request["nonce"])
+    signature = sign(key, synthetic.claim, run_id, nonce)
+    record = to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site, run_id, nonce)
+    return Message(record, reply_to=msg)

@@ -79,12 +79,25 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
 
 
+def _keys_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="make a CA, the SuperLink's TLS certificate and every site's keys")
+    p.add_argument("--out", type=Path, required=True, help="key folder (see README: Deployment)")
+    names = p.add_mutually_exclusive_group(required=True)
+    names.add_argument("--sites", type=int, help="make keys for N sites named site-0 ... site-(N-1)")
+    names.add_argument("--site-names", nargs="+", help="make keys for these sites (also: add or rotate one site)")
+    p.add_argument("--hosts", nargs="+", help="host names and IPs the SuperLink is reached at (its certificate's "
+                   "subject alternative names; default localhost 127.0.0.1 ::1). Without --hosts an existing "
+                   "SuperLink certificate is kept")
+    p.add_argument("--force", action="store_true", help="replace existing keys (key rotation)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _distill_parser(sub)
     _evaluate_parser(sub)
     _simulate_parser(sub)
+    _keys_parser(sub)
     return parser
 
 
@@ -153,12 +166,27 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return run_simulation(args.app, args.sites, args.run_config)
 
 
+def _run_keys(args: argparse.Namespace) -> int:
+    from common.pki import DEFAULT_HOSTS, KeyPlan, make_keys
+
+    if args.sites is not None and args.sites < 1:
+        raise ValueError("--sites must be at least 1")
+    sites = args.site_names or [f"site-{i}" for i in range(args.sites)]
+    server_cert = bool(args.hosts) or not (args.out / "superlink" / "server.pem").exists()
+    plan = KeyPlan(args.out, sites, list(args.hosts or DEFAULT_HOSTS), server_certificate=server_cert, force=args.force)
+    make_keys(plan)
+    print(f"wrote keys for {len(sites)} site(s) under {args.out}: CA in ca/ (keep offline), SuperLink TLS in "
+          f"superlink/{' (hosts: ' + ' '.join(plan.hosts) + ')' if server_cert else ' (kept)'}, the server's "
+          f"public keys in server/, each site's folder in sites/SITE/ (private keys 0600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate}
+    handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate, "keys": _run_keys}
     try:
         return handlers[args.command](args)
-    except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError) as err:
+    except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"fedsynth {args.command}: error: {err}", file=sys.stderr)
         return 2
 

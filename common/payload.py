@@ -2,7 +2,8 @@
 
     RecordDict {
       "synthetic": ArrayRecord {"images": float32 [N, C, H, W], "labels": int64 [N]},
-      "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>},
+      "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>,
+                                 "run-id": <run signed for>, "nonce": <server nonce signed for>},
     }
 """
 
@@ -21,9 +22,12 @@ class PayloadError(ValueError):
     """The reply does not have the expected structure; the message is the rejection reason."""
 
 
-def to_record(images: torch.Tensor, labels: torch.Tensor, claim: dict[str, Any], signature: bytes, site: str) -> RecordDict:
+def to_record(images: torch.Tensor, labels: torch.Tensor, claim: dict[str, Any], signature: bytes, site: str,
+              run_id: str, nonce: str) -> RecordDict:
+    """`run_id`/`nonce` name the round the site signed for, so a replay is reported as one."""
     arrays = ArrayRecord({"images": images.detach().cpu().contiguous(), "labels": labels.detach().cpu().contiguous()})
-    meta = ConfigRecord({"json": json.dumps(claim, sort_keys=True, allow_nan=False), "signature": signature, "site": site})
+    meta = ConfigRecord({"json": json.dumps(claim, sort_keys=True, allow_nan=False), "signature": signature, "site": site,
+                         "run-id": run_id, "nonce": nonce})
     return RecordDict({"synthetic": arrays, "claim": meta})
 
 
@@ -46,8 +50,9 @@ def from_record(content: RecordDict) -> Upload:
     try:
         claim = json.loads(str(meta["json"]))
         signature, site = meta["signature"], str(meta["site"])
+        signed_round = (str(meta["run-id"]), str(meta["nonce"])) if "run-id" in meta and "nonce" in meta else None
     except (KeyError, json.JSONDecodeError) as err:
         raise PayloadError(f"schema: claim record unreadable ({err})") from None
     if not isinstance(claim, dict) or not isinstance(signature, bytes):
         raise PayloadError("schema: claim must be a JSON object and the signature bytes")
-    return Upload(site, tensors["images"], tensors["labels"], claim, signature)
+    return Upload(site, tensors["images"], tensors["labels"], claim, signature, signed_round)

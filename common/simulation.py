@@ -99,20 +99,20 @@ def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flw
             if run_config:
                 command += ["--run-config", run_config]
             code = subprocess.run(command, env=env, timeout=timeout).returncode
-            return code or _run_status_code(env)
+            return code or run_status_code(env, CONNECTION)
 
 
-def _run_status_code(env: dict[str, str]) -> int:
+def run_status_code(env: dict[str, str], connection: str) -> int:
     """`flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink how the run ended."""
     import json
 
-    listing = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=env, capture_output=True, text=True)
+    listing = subprocess.run(["flwr", "ls", connection, "--format", "json"], env=env, capture_output=True, text=True)
     try:
         runs = json.loads(listing.stdout)["runs"]
     except (json.JSONDecodeError, KeyError):
-        print(f"fedsynth simulate: could not read the run's status:\n{listing.stdout}{listing.stderr}", file=sys.stderr)
+        print(f"fedsynth: could not read the run's status:\n{listing.stdout}{listing.stderr}", file=sys.stderr)
         return 1
     failed = [r for r in runs if "completed" not in str(r.get("status", ""))]
     for run in failed:
-        print(f"fedsynth simulate: run {run.get('run-id')} ended {run.get('status')}", file=sys.stderr)
+        print(f"fedsynth: run {run.get('run-id')} ended {run.get('status')}", file=sys.stderr)
     return 1 if failed or not runs else 0

@@ -39,6 +39,7 @@ class Upload:
     labels: Any
     claim: dict[str, Any]
     signature: bytes
+    signed_round: tuple[str, str] | None = None  # (run id, nonce) the site says it signed for
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ def check_upload(
     missing = [key for key in REQUIRED_CLAIM if key not in claim]
     if missing:
         return Verdict.reject(f"schema: claim lacks {', '.join(missing)}")
+    if upload.signed_round is not None and upload.signed_round != (run_id, nonce):
+        signed_run, _ = upload.signed_round
+        what = "an earlier nonce of this run" if signed_run == run_id else f"run {signed_run}"
+        return Verdict.reject(f"replay: signed for {what}, not for this round (run {run_id})")
     if public_key is None:
         return Verdict.reject(f"signature: no registered public key for site {upload.site!r}")
     if not verify(public_key, upload.signature, claim, run_id, nonce):

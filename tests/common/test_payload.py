@@ -7,7 +7,7 @@ from common.payload import PayloadError, from_record, to_record
 
 def test_round_trip_keeps_dtypes_shapes_and_bytes():
     images, labels = torch.rand(6, 1, 28, 28), torch.arange(3).repeat_interleave(2)
-    upload = from_record(to_record(images, labels, {"epsilon": 1.0, "nested": {"a": [1, 2]}}, b"sig", "site-3"))
+    upload = from_record(to_record(images, labels, {"epsilon": 1.0, "nested": {"a": [1, 2]}}, b"sig", "site-3", "7", "n0"))
     assert torch.equal(upload.images, images) and upload.images.dtype == torch.float32
     assert torch.equal(upload.labels, labels) and upload.labels.dtype == torch.int64
     assert upload.claim == {"epsilon": 1.0, "nested": {"a": [1, 2]}}
@@ -15,7 +15,7 @@ def test_round_trip_keeps_dtypes_shapes_and_bytes():
 
 
 def _good():
-    return to_record(torch.rand(2, 1, 28, 28), torch.arange(2), {}, b"s", "x")
+    return to_record(torch.rand(2, 1, 28, 28), torch.arange(2), {}, b"s", "x", "7", "n0")
 
 
 @pytest.mark.parametrize(

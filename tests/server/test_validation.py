@@ -22,14 +22,14 @@ def _claim(images, labels, sigma=1.0, q=0.01, steps=100):
             "steps": steps, "clip_norm": 1.0, "accountant": "rdp", "sha256": content_hash(images, labels)}
 
 
-def _upload(images=None, labels=None, key=KEY, nonce=NONCE, claim_edit=None, **claim_kwargs):
+def _upload(images=None, labels=None, key=KEY, nonce=NONCE, claim_edit=None, says_round=None, **claim_kwargs):
     images = torch.rand(20, 1, 28, 28) if images is None else images
     labels = torch.arange(10).repeat_interleave(2) if labels is None else labels
     claim = _claim(images, labels, **claim_kwargs) if images.dtype == torch.float32 and labels.dtype == torch.int64 else {}
     if claim_edit:
         claim_edit(claim)
     signature = sign(key, claim, RUN, nonce) if claim else b""
-    return Upload("site-0", images, labels, claim, signature)
+    return Upload("site-0", images, labels, claim, signature, says_round or (RUN, nonce))
 
 
 def _check(upload, public_key=KEY.public_key()):
@@ -62,7 +62,9 @@ def _tampered_after_signing():
         (lambda: _upload(images=torch.rand(30, 1, 28, 28), labels=torch.arange(10).repeat_interleave(3)), "ipc:"),
         (lambda: _upload(images=torch.rand(40000, 1, 28, 28), labels=torch.zeros(40000, dtype=torch.long)), "size:"),
         (lambda: _upload(key=Ed25519PrivateKey.generate()), "signature: does not verify"),
-        (lambda: _upload(nonce="an-earlier-round"), "signature: does not verify"),  # replay
+        (lambda: _upload(nonce="an-earlier-round"), "replay: signed for an earlier nonce"),
+        (lambda: _upload(nonce="an-earlier-round", says_round=("run-0", "n")), "replay: signed for run run-0"),
+        (lambda: _upload(nonce="an-earlier-round", says_round=(RUN, NONCE)), "signature: does not verify"),  # lies
         (_tampered_after_signing, "differ from the signed content hash"),
         (lambda: _upload(claim_edit=lambda c: c.update(epsilon=c["epsilon"] / 2)), "does not match"),
         (lambda: _upload(claim_edit=lambda c: c.pop("steps")), "claim lacks steps"),
