@@ -82,13 +82,34 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 def _keys_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="make a CA, the SuperLink's TLS certificate and every site's keys")
     p.add_argument("--out", type=Path, required=True, help="key folder (see README: Deployment)")
-    names = p.add_mutually_exclusive_group(required=True)
+    names = p.add_mutually_exclusive_group()
     names.add_argument("--sites", type=int, help="make keys for N sites named site-0 ... site-(N-1)")
     names.add_argument("--site-names", nargs="+", help="make keys for these sites (also: add or rotate one site)")
     p.add_argument("--hosts", nargs="+", help="host names and IPs the SuperLink is reached at (its certificate's "
                    "subject alternative names; default localhost 127.0.0.1 ::1). Without --hosts an existing "
                    "SuperLink certificate is kept")
     p.add_argument("--force", action="store_true", help="replace existing keys (key rotation)")
+
+
+def _deploy_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="start Flower's SuperLink or a site's SuperNode with fedsynth's secure settings")
+    roles = p.add_subparsers(dest="role", required=True)
+    link = roles.add_parser("superlink", help="the coordinator: TLS, SuperNode authentication, no runtime installs")
+    link.add_argument("--keys", type=Path, required=True, help="the folder made by `fedsynth keys` (needs superlink/)")
+    link.add_argument("--host", default="0.0.0.0", help="address to listen on (default all interfaces)")
+    link.add_argument("--port", type=int, default=8000, help="the one HTTPS port sites and the CLI connect to")
+    link.add_argument("--database", type=Path, default=Path("superlink.db"), help="SuperLink state (SQLite)")
+    node = roles.add_parser("supernode", help="one site: connects out to the SuperLink, runs the ClientApp locally")
+    node.add_argument("--site-dir", type=Path, required=True, help="this site's folder from `fedsynth keys` (sites/SITE)")
+    node.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator's SuperLink")
+    node.add_argument("--data-dir", type=Path, required=True, help="the site's ImageFolder tree (never leaves the site)")
+    node.add_argument("--home", type=Path, help="work folder (ledger, checkpoints); default $FEDSYNTH_HOME/sites/SITE")
+    node.add_argument("--ledger", type=Path, help="privacy ledger (default HOME/ledger.jsonl)")
+    node.add_argument("--site-budget", type=_epsilon, help="total ε a new ledger allows (default 10)")
+    node.add_argument("--port", type=int, default=9094, help="local-only port for the ClientApp runtime")
+    node.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    for parser in (link, node):
+        parser.add_argument("--print", action="store_true", help="print the command instead of running it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _simulate_parser(sub)
     _keys_parser(sub)
+    _deploy_parser(sub)
     return parser
 
 
@@ -169,9 +191,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
 def _run_keys(args: argparse.Namespace) -> int:
     from common.pki import DEFAULT_HOSTS, KeyPlan, make_keys
 
+    if args.sites is None and not args.site_names and not args.hosts:
+        raise ValueError("say which keys to make: --sites N, --site-names NAME..., or --hosts NAME... (certificate only)")
     if args.sites is not None and args.sites < 1:
         raise ValueError("--sites must be at least 1")
-    sites = args.site_names or [f"site-{i}" for i in range(args.sites)]
+    sites = args.site_names or [f"site-{i}" for i in range(args.sites or 0)]
     server_cert = bool(args.hosts) or not (args.out / "superlink" / "server.pem").exists()
     plan = KeyPlan(args.out, sites, list(args.hosts or DEFAULT_HOSTS), server_certificate=server_cert, force=args.force)
     make_keys(plan)
@@ -181,9 +205,39 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_deploy(args: argparse.Namespace) -> int:
+    import os
+
+    from common.deployment import describe, superlink_command, supernode_command
+
+    if args.role == "superlink":
+        if not (args.keys / "superlink" / "server.pem").exists():
+            raise FileNotFoundError(f"{args.keys}/superlink/server.pem missing: run `fedsynth keys` first")
+        command = superlink_command(args.keys, args.port, args.database, args.host)
+    else:
+        site = args.site_dir.resolve().name
+        home = (args.home or fedsynth_home() / "sites" / site).resolve()
+        config: dict = {"site": site, "data-dir": str(args.data_dir.resolve()), "home": str(home),
+                        "signing-key": str((args.site_dir / "signing.pem").resolve()), "device": args.device}
+        if args.ledger:
+            config["ledger"] = str(args.ledger.resolve())
+        if args.site_budget is not None:
+            config["site-budget"] = args.site_budget
+        for needed in ("supernode-auth.key", "signing.pem", "ca.crt"):
+            if not (args.site_dir / needed).exists():
+                raise FileNotFoundError(f"{args.site_dir / needed} missing: copy the site's folder from `fedsynth keys`")
+        command = supernode_command(args.site_dir.resolve(), args.superlink, args.port, config,
+                                    (args.site_dir / "ca.crt").resolve(), max_retries=None)
+    if args.print:
+        print(describe(command))
+        return 0
+    os.execvp(command[0], command)  # become the Flower process, so service managers see and stop it directly
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate, "keys": _run_keys}
+    handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate, "keys": _run_keys,
+                "deploy": _run_deploy}
     try:
         return handlers[args.command](args)
     except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError, FileExistsError) as err:

@@ -47,12 +47,14 @@ def superlink_command(keys: Path, port: int, database: Path, host: str = "127.0.
 
 
 def supernode_command(site_dir: Path, superlink: str, port: int, node_config: dict[str, str | int | float],
-                      root_certificates: Path | None = None) -> list[str]:
-    """A site's SuperNode: trusts the CA, authenticates with its registered key, runs the ClientApp locally."""
+                      root_certificates: Path | None = None, max_retries: int | None = 0) -> list[str]:
+    """A site's SuperNode: trusts the CA, authenticates with its registered key, runs the ClientApp locally.
+    `max_retries=None` keeps reconnecting (a service); 0 fails fast (tests)."""
     config = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
     command = ["flower-supernode", "--superlink", superlink, "--auth-supernode-private-key",
-               str(site_dir / "supernode-auth.key"), "--port", str(port), "--node-config", config,
-               "--max-retries", "0"]
+               str(site_dir / "supernode-auth.key"), "--port", str(port), "--node-config", config]
+    if max_retries is not None:
+        command += ["--max-retries", str(max_retries)]
     if root_certificates is not None:
         command += ["--root-certificates", str(root_certificates)]
     return command
