@@ -84,7 +84,8 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     try:
         home, ledger_path, key_path = _site_paths(node, request, site)
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
-        ledger = Ledger.open(ledger_path, budget_epsilon=float(node["site-budget"]) if "site-budget" in node else None)
+        ledger = Ledger.open(ledger_path, budget_epsilon=float(node["site-budget"]) if "site-budget" in node else None,
+                             signer=key)
         dataset = _site_data(node, request)
         result = distill(dataset, config, ledger, home / "runs" / str(request["run-id"]), progress=False,
                          device=str(node.get("device", "auto")), dataset_label=dataset.name)

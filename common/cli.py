@@ -54,6 +54,7 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use a random N records (seeded by --seed), for quick trials")
     p.add_argument("--ledger", type=Path, help="site ledger (default $FEDSYNTH_HOME/ledger.jsonl)")
     p.add_argument("--site-budget", type=_epsilon, help="total ε of a new ledger (default 10; 'inf' for research)")
+    p.add_argument("--signing-key", type=Path, help="site's Ed25519 key (from `fedsynth keys`): signs each ledger entry")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
@@ -112,6 +113,15 @@ def _deploy_parser(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--print", action="store_true", help="print the command instead of running it")
 
 
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="re-check every ε claim independently; or measure an empirical lower bound on ε")
+    p.add_argument("path", type=Path, nargs="?", help="a site's ledger file or a server output folder")
+    p.add_argument("--public-key", type=Path, help="the site's Ed25519 public key: verify the ledger's signatures")
+    p.add_argument("--json", type=Path, help="write the result as JSON here")
+    p.add_argument("--report", type=Path, default=Path("audit-report"),
+                   help="folder for audit.md, audit.json and epsilon_over_time.png (default ./audit-report)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     _keys_parser(sub)
     _deploy_parser(sub)
+    _audit_parser(sub)
     return parser
 
 
@@ -142,7 +153,13 @@ def _run_distill(args: argparse.Namespace) -> int:
 
         chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[: args.limit]
         dataset = dataset.subset(chosen.sort().values)
-    ledger = Ledger.open(args.ledger or fedsynth_home() / "ledger.jsonl", budget_epsilon=args.site_budget)
+    signer = None
+    if args.signing_key:
+        from common.signing import load_private_key
+
+        signer = load_private_key(args.signing_key)
+    ledger = Ledger.open(args.ledger or fedsynth_home() / "ledger.jsonl", budget_epsilon=args.site_budget,
+                         signer=signer)
     result = distill(dataset, config, ledger, args.out, device=args.device, progress=not args.quiet,
                      dataset_label=args.dataset or str(args.data_dir))
     claim = result.synthetic.claim
@@ -234,10 +251,36 @@ def _run_deploy(args: argparse.Namespace) -> int:
     os.execvp(command[0], command)  # become the Flower process, so service managers see and stop it directly
 
 
+def _run_audit(args: argparse.Namespace) -> int:
+    from common.audit.recheck import audit_ledger, audit_run_dir
+    from common.audit.report import release_table, site_table, write_report
+    from common.signing import load_public_key
+    from common.synthetic_set import write_json
+
+    if args.path is None:
+        raise ValueError("give a ledger file or a server output folder")
+    if args.path.is_dir():
+        audits, problems = audit_run_dir(args.path)
+    elif args.path.exists():
+        key = load_public_key(args.public_key) if args.public_key else None
+        audits, problems = [audit_ledger(args.path, key)], []
+    else:
+        raise FileNotFoundError(f"{args.path} does not exist")
+    payload = write_report(audits, problems, args.report, str(args.path))
+    print(site_table(audits) + "\n" + release_table(audits))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, payload)
+    for failure in payload["failures"]:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print(f"{'every claim holds' if payload['ok'] else 'AUDIT FAILED'}; report in {args.report}/audit.md")
+    return 0 if payload["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"distill": _run_distill, "evaluate": _run_evaluate, "simulate": _run_simulate, "keys": _run_keys,
-                "deploy": _run_deploy}
+                "deploy": _run_deploy, "audit": _run_audit}
     try:
         return handlers[args.command](args)
     except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError, FileExistsError) as err:

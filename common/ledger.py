@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from common.privacy.accounting import ACCOUNTANTS, Mechanism, check_delta, epsilon_of_history
 
 GENESIS = "0" * 64
@@ -38,7 +40,7 @@ class BudgetExceededError(LedgerError):
 
 
 def _entry_hash(entry: dict[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
+    body = {k: v for k, v in entry.items() if k not in ("hash", "signature")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -54,8 +56,9 @@ def _from_json_epsilon(value: float | None) -> float:
 class Ledger:
     """One site's ledger file. Open with `Ledger.open(path, ...)`; every method re-reads and verifies."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signer: Ed25519PrivateKey | None = None) -> None:
         self.path = Path(path)
+        self.signer = signer  # the site's Ed25519 key: each new entry's hash is signed with it
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -65,13 +68,15 @@ class Ledger:
         budget_epsilon: float | None = None,
         delta: float | None = None,
         accountant: str | None = None,
+        signer: Ed25519PrivateKey | None = None,
     ) -> "Ledger":
         """Open an existing ledger (checking it) or create one with a total budget (default ε=10, δ=1e-5, RDP).
 
         Budget arguments given for an existing ledger must match what it records: a site's
-        budget is fixed when its ledger is created.
+        budget is fixed when its ledger is created. With `signer`, every entry written from
+        now on carries the site's Ed25519 signature over its hash (checked by `fedsynth audit`).
         """
-        ledger = cls(Path(path))
+        ledger = cls(Path(path), signer)
         if ledger.path.exists() and ledger.path.stat().st_size > 0:
             header = ledger.header()
             asked = {"budget_epsilon": budget_epsilon, "delta": delta, "accountant": accountant}
@@ -230,6 +235,8 @@ class Ledger:
             **body,
         }
         entry["hash"] = _entry_hash(entry)
+        if self.signer is not None:
+            entry["signature"] = self.signer.sign(entry["hash"].encode()).hex()
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -36,3 +36,33 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_epsilon_over_time(series: dict[str, list[tuple[int, float]]], budgets: dict[str, float | None],
+                           path: Path) -> None:
+    """ε a site has spent after each release (composed by the audit's PLD accountant), one line per site."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for site, points in sorted(series.items()):
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        line, = ax.plot((0,) + xs, (0.0,) + ys, marker="o", label=site)
+        budget = budgets.get(site)
+        if budget is not None and budget != float("inf"):
+            ax.axhline(budget, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("release number at the site")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("ε spent (composed, PLD)")
+    ax.set_title("privacy budget spent over time (dotted: site budget)")
+    if any(series.values()):
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -92,7 +92,7 @@ def main(grid: Grid, context: Context) -> None:
             try:
                 upload = from_record(reply.content)
                 row["site"] = upload.site
-                row.update({k: upload.claim.get(k) for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps")})
+                row.update({k: upload.claim.get(k) for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant")})
                 if upload.site in seen:
                     verdict = Verdict.reject("duplicate: this site already replied")
                 else:
