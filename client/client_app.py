@@ -7,6 +7,8 @@ are (in simulation: `partition-id`/`num-partitions` of a built-in dataset).
 
 from __future__ import annotations
 
+import resource
+import time
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -16,7 +18,7 @@ from client.engine import DistillConfig, distill
 from common.data import ImageDataset, fedsynth_home, load_dataset
 from common.ledger import BudgetExceededError, Ledger
 from common.partition import site_dataset
-from common.payload import to_record
+from common.payload import telemetry_record, to_record
 from common.signing import generate_signing_key, load_private_key, sign
 
 app = ClientApp()
@@ -81,6 +83,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )
+    started = time.monotonic()
     try:
         home, ledger_path, key_path = _site_paths(node, request, site)
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
@@ -96,4 +99,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     run_id, nonce = str(request["run-id"]), str(request["nonce"])
     signature = sign(key, synthetic.claim, run_id, nonce)
     record = to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site, run_id, nonce)
+    # peak RSS of this worker process (in simulation a worker may have served earlier sites: an upper bound)
+    record["telemetry"] = telemetry_record(time.monotonic() - started,
+                                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return Message(record, reply_to=msg)

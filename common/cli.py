@@ -78,6 +78,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, default=10, help="number of simulated sites (Flower's num-supernodes)")
     p.add_argument("--run-config", help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
     p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
+    p.add_argument("--federation-config", help='Flower simulation settings, e.g. "client-resources-num-cpus=4 '
+                   'client-resources-num-gpus=0.25" (sites run at once = cores / num-cpus)')
 
 
 def _keys_parser(sub: argparse._SubParsersAction) -> None:
@@ -120,6 +122,26 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--report", type=Path, default=Path("audit-report"),
                    help="folder for audit.md, audit.json and epsilon_over_time.png (default ./audit-report)")
+    from client.engine import DistillConfig
+
+    d = DistillConfig()
+    e = p.add_argument_group("--empirical: canary audit of the distillation pipeline (Steinke, Nasr, Jagielski 2023)")
+    e.add_argument("--empirical", action="store_true", help="measure an empirical lower bound on ε instead")
+    _add_data_arguments(e, required=False)
+    e.add_argument("--canaries", type=int, default=200, help="canary records m, each included with probability 1/2")
+    e.add_argument("--base-records", type=int, default=0, help="ordinary records beside the canaries (0: the "
+                   "canaries are the whole site, the audit's strongest setting)")
+    e.add_argument("--guess-fraction", type=float, default=0.2, help="fraction of canaries guessed (half in, half out)")
+    e.add_argument("--ipc", type=int, default=d.ipc)
+    e.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="ε the audited release targets ('inf': no noise)")
+    e.add_argument("--delta", type=float, default=d.delta)
+    e.add_argument("--steps", type=int, default=d.iterations, help="outer iterations T")
+    e.add_argument("--inner-steps", type=int, default=d.inner_steps)
+    e.add_argument("--width", type=int, default=d.width)
+    e.add_argument("--seed", type=int, default=d.seed, help="seeds the canaries, their coins and the engine")
+    e.add_argument("--eval-epochs", type=int, default=100, help="epochs of the model the loss attack targets")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +224,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     from common.simulation import run_simulation
 
-    return run_simulation(args.app, args.sites, args.run_config)
+    return run_simulation(args.app, args.sites, args.run_config, federation_config=args.federation_config)
 
 
 def _run_keys(args: argparse.Namespace) -> int:
@@ -257,6 +279,8 @@ def _run_audit(args: argparse.Namespace) -> int:
     from common.signing import load_public_key
     from common.synthetic_set import write_json
 
+    if args.empirical:
+        return _run_empirical_audit(args)
     if args.path is None:
         raise ValueError("give a ledger file or a server output folder")
     if args.path.is_dir():
@@ -275,6 +299,38 @@ def _run_audit(args: argparse.Namespace) -> int:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"{'every claim holds' if payload['ok'] else 'AUDIT FAILED'}; report in {args.report}/audit.md")
     return 0 if payload["ok"] else 1
+
+
+def _run_empirical_audit(args: argparse.Namespace) -> int:
+    from client.engine import DistillConfig
+    from common.audit.empirical import run_empirical_audit, summary_table
+    from common.data import load_dataset
+    from common.synthetic_set import write_json
+
+    if args.path is not None:
+        raise ValueError("--empirical audits a fresh run of the pipeline, not a ledger or folder: drop the path")
+    if args.dataset is None and args.data_dir is None:
+        raise ValueError("--empirical needs --dataset or --data-dir: the canaries are drawn from its records")
+    data = load_dataset(args.dataset, args.data_dir, train=True, download=args.download, image_size=args.image_size,
+                        channels=args.channels)
+    config = DistillConfig(ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, iterations=args.steps,
+                           inner_steps=args.inner_steps, width=args.width, every_class_populated=False,
+                           seed=args.seed)
+    row = run_empirical_audit(data, config, args.canaries, args.base_records, args.guess_fraction,
+                              args.eval_epochs, progress=not args.quiet, report_dir=args.report,
+                              device=args.device)
+    print(summary_table(row))
+    write_json(args.report / "empirical.json", row)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, row)
+    bound, claimed = row["empirical_epsilon_lower_bound"], row["recomputed_epsilon"]
+    if claimed is not None and bound > claimed:
+        print(f"AUDIT FAILED: the empirical lower bound {bound:.3f} exceeds the recomputed ε {claimed:.3f}",
+              file=sys.stderr)
+        return 1
+    print(f"report in {args.report}/ (empirical.json, canary_scores.png)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
       "synthetic": ArrayRecord {"images": float32 [N, C, H, W], "labels": int64 [N]},
       "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>,
                                  "run-id": <run signed for>, "nonce": <server nonce signed for>},
+      "telemetry": MetricRecord {"seconds", "peak-rss-mb"}   (optional, unsigned, only reported)
     }
 """
 
@@ -13,7 +14,7 @@ import json
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from server.validation import Upload
 
@@ -29,6 +30,31 @@ def to_record(images: torch.Tensor, labels: torch.Tensor, claim: dict[str, Any],
     meta = ConfigRecord({"json": json.dumps(claim, sort_keys=True, allow_nan=False), "signature": signature, "site": site,
                          "run-id": run_id, "nonce": nonce})
     return RecordDict({"synthetic": arrays, "claim": meta})
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of what a site uploads: array buffers, claim JSON and signature (transport framing aside)."""
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(array.data) for array in record.values())
+        elif isinstance(record, ConfigRecord):
+            total += sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in record.values())
+    return total
+
+
+def telemetry_record(seconds: float, peak_rss_mb: float) -> MetricRecord:
+    """How long the site worked and its peak memory: operational figures for the report, nothing from the data."""
+    return MetricRecord({"seconds": float(seconds), "peak-rss-mb": float(peak_rss_mb)})
+
+
+def read_telemetry(content: RecordDict) -> dict[str, float]:
+    """The site's telemetry if present and numeric (it is reported, never relied on)."""
+    record = content.get("telemetry") if "telemetry" in content else None
+    if not isinstance(record, MetricRecord):
+        return {}
+    return {key.replace("-", "_"): float(value) for key, value in record.items()
+            if key in ("seconds", "peak-rss-mb") and isinstance(value, (int, float))}
 
 
 def from_record(content: RecordDict) -> Upload:

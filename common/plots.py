@@ -66,3 +66,30 @@ def save_epsilon_over_time(series: dict[str, list[tuple[int, float]]], budgets: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save_canary_scores(scores: list[float], membership: list[bool], guesses_per_side: int, path: Path,
+                       title: str) -> None:
+    """Histogram of canary scores, included vs left out, with the thresholds above/below which the audit guessed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inside = [s for s, m in zip(scores, membership) if m]
+    outside = [s for s, m in zip(scores, membership) if not m]
+    ranked = sorted(scores, reverse=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    bins = 30
+    ax.hist([inside, outside], bins=bins, label=["canary included", "canary left out"], alpha=0.8)
+    if 0 < guesses_per_side <= len(ranked):
+        ax.axvline(ranked[guesses_per_side - 1], color="k", linestyle="--", linewidth=1, label="guess 'in' above")
+        ax.axvline(ranked[-guesses_per_side], color="k", linestyle=":", linewidth=1, label="guess 'out' below")
+    ax.set_xlabel("score: own-label nearest synthetic image is this much nearer than any other label's")
+    ax.set_ylabel("canaries")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

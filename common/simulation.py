@@ -11,6 +11,7 @@ group when the run ends, whatever happened.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,12 +91,14 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 
 
 def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flwr_home: Path | None = None,
-                   timeout: float | None = None) -> int:
-    """Simulate `sites` sites running the app in `app_dir`; returns `flwr run`'s exit status."""
+                   timeout: float | None = None, federation_config: str | None = None) -> int:
+    """Simulate `sites` sites running the app in `app_dir`; returns `flwr run`'s exit status.
+    `federation_config` adds Flower simulation settings, e.g. "client-resources-num-cpus=1"."""
     with tempfile.TemporaryDirectory(prefix="fedsynth-flwr-") as tmp:
         home = Path(flwr_home) if flwr_home else Path(tmp)
         with simulation_superlink(home) as env:
-            command = ["flwr", "run", str(app_dir), CONNECTION, "--federation-config", f"num-supernodes={sites}", "--stream"]
+            command = ["flwr", "run", str(app_dir), CONNECTION, "--federation-config",
+                       f"num-supernodes={sites} {federation_config or ''}".strip(), "--stream"]
             if run_config:
                 command += ["--run-config", run_config]
             code = subprocess.run(command, env=env, timeout=timeout).returncode
@@ -116,3 +119,24 @@ def run_status_code(env: dict[str, str], connection: str) -> int:
     for run in failed:
         print(f"fedsynth: run {run.get('run-id')} ended {run.get('status')}", file=sys.stderr)
     return 1 if failed or not runs else 0
+
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_app_variant(folder: Path, serverapp: str | None = None, clientapp: str | None = None,
+                      extra_config: str = "") -> Path:
+    """A copy of this Flower app in `folder`/app with other ServerApp/ClientApp components and extra
+    `[tool.flwr.app.config]` lines (TOML), e.g. the FedAvg baselines that `bench/compare.py` runs."""
+    app = Path(folder) / "app"
+    for part in ("client", "server", "common"):
+        shutil.copytree(APP_ROOT / part, app / part, ignore=shutil.ignore_patterns("__pycache__"))
+    pyproject = (APP_ROOT / "pyproject.toml").read_text()
+    for old, new in (('"server.server_app:app"', serverapp), ('"client.client_app:app"', clientapp)):
+        if new is not None:
+            if old not in pyproject:
+                raise RuntimeError(f"pyproject.toml no longer names {old}")
+            pyproject = pyproject.replace(old, f'"{new}"')
+    pyproject = pyproject.replace("[tool.flwr.app.config]\n", "[tool.flwr.app.config]\n" + extra_config)
+    (app / "pyproject.toml").write_text(pyproject)
+    return app

@@ -13,13 +13,16 @@ from common.synthetic_set import write_json
 
 
 def privacy_markdown(sites: list[dict[str, Any]]) -> str:
-    """One row per site: ε, δ, σ, q, steps, accepted or why not."""
+    """One row per site: ε, δ, σ, q, steps, accepted or why not; upload size and site time where known."""
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| site | ε | δ | σ | q | steps | accepted | reason |", "|---|---|---|---|---|---|---|---|"]
+    kb = lambda v: None if v is None else v / 1024  # noqa: E731
+    lines = ["| site | ε | δ | σ | q | steps | accepted | reason | upload KiB | site time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in sites:
         lines.append(f"| {s['site']} | {fmt(s.get('epsilon'), '.4g')} | {fmt(s.get('delta'), 'g')} | "
                      f"{fmt(s.get('noise_multiplier'), '.4g')} | {fmt(s.get('sample_rate'), '.4g')} | "
-                     f"{fmt(s.get('steps'), 'd')} | {'yes' if s['accepted'] else 'no'} | {s['reason']} |")
+                     f"{fmt(s.get('steps'), 'd')} | {'yes' if s['accepted'] else 'no'} | {s['reason']} | "
+                     f"{fmt(kb(s.get('upload_bytes')), '.1f')} | {fmt(s.get('seconds'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

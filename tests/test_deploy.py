@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,24 +19,13 @@ from common.partition import site_dataset
 from common.pki import KeyPlan, make_keys
 from common.privacy.accounting import Mechanism
 from common.simulation import run_status_code, stop_process_group
+from conftest import write_app_with_faults
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2", "site-3", "site-4"]
 TINY = 'dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 epsilon=4.0 timeout=600'
-
-
-def _app_with_faults(tmp: Path) -> Path:
-    """This project as a Flower app whose ClientApp can be told (by node config) to misbehave."""
-    app = tmp / "app"
-    for part in ("client", "server", "common"):
-        shutil.copytree(ROOT / part, app / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copyfile(ROOT / "tests" / "deploy_support" / "faulty_client_app.py", app / "faults.py")
-    pyproject = (ROOT / "pyproject.toml").read_text().replace('"client.client_app:app"', '"faults:app"')
-    assert '"faults:app"' in pyproject
-    (app / "pyproject.toml").write_text(pyproject)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +55,7 @@ def federation(tmp_path_factory):
                 Ledger.open(home / "ledger.jsonl", budget_epsilon=1.0).spend(
                     "earlier", Mechanism(2.0, 0.01, 100, 1.0), 1e-5, "rdp", {})
             nodes.append(start_supernode(link, keys / "sites" / site, config, home / "supernode.log"))
-        yield {"link": link, "keys": keys, "tmp": tmp, "app": _app_with_faults(tmp), "nodes": nodes}
+        yield {"link": link, "keys": keys, "tmp": tmp, "app": write_app_with_faults(tmp), "nodes": nodes}
     finally:
         for node in nodes:
             stop_process_group(node)

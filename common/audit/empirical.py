@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -45,9 +45,13 @@ class CanaryAudit:
     mia_auc: float
     tpr_at_1pct_fpr: float
     seconds: float
+    scores: list[float] = field(default_factory=list, repr=False)  # per canary, for the picture
+    membership: list[bool] = field(default_factory=list, repr=False)  # the secret coins, revealed after the guess
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["scores"], out["membership"]
+        return out
 
 
 def make_canaries(pool: ImageDataset, m: int, seed: int) -> tuple[ImageDataset, torch.Tensor]:
@@ -113,7 +117,7 @@ class CanaryRelease:
 
 
 def release_with_canaries(base: ImageDataset, canary_pool: ImageDataset, config, canaries: int = 200, seed: int = 0,
-                          progress: bool = True) -> CanaryRelease:
+                          progress: bool = True, device: str = "auto") -> CanaryRelease:
     """Run the engine once on `base` plus the canaries whose coin came up "in"."""
     from client.engine import distill
     from common.ledger import Ledger
@@ -125,14 +129,16 @@ def release_with_canaries(base: ImageDataset, canary_pool: ImageDataset, config,
                         f"{base.name}+canaries")
     with tempfile.TemporaryDirectory(prefix="fedsynth-audit-") as tmp:
         ledger = Ledger.open(Path(tmp) / "audit-ledger.jsonl", budget_epsilon=math.inf)  # audit data: own ledger
-        result = distill(data, config, ledger, Path(tmp) / "release", progress=progress, dataset_label=data.name)
+        result = distill(data, config, ledger, Path(tmp) / "release", device=device, progress=progress,
+                         dataset_label=data.name)
     return CanaryRelease(canary_set, included, result.synthetic, time.time() - started)
 
 
 def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: Scorer = nearest_synthetic_scores,
-                  eval_epochs: int = 100, seed: int = 0) -> CanaryAudit:
+                  eval_epochs: int = 100, seed: int = 0, device: str = "auto") -> CanaryAudit:
     """Score every canary from the release, guess the top and bottom `guess_fraction / 2`, bound ε;
     then the loss-threshold attack on a model trained on the release."""
+    from client.engine import resolve_device
     from common.evaluation import TrainConfig, train_classifier
 
     started = time.time()
@@ -142,7 +148,69 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
     order = torch.argsort(score, descending=True)
     correct = int(included[order[:k]].sum()) + int((~included[order[-k:]]).sum())
     model = train_classifier(synthetic.images, synthetic.labels, canaries.num_classes,
-                             TrainConfig(epochs=eval_epochs, width=64), seed=seed)
+                             TrainConfig(epochs=eval_epochs, width=64), seed=seed,
+                             device=resolve_device(device)).cpu()
     auc, tpr = loss_attack(model, canaries.images, canaries.labels, included)
     return CanaryAudit(synthetic.claim.get("epsilon"), epsilon_lower_bound(correct, 2 * k), len(included),
-                       int(included.sum()), 2 * k, correct, 0.95, auc, tpr, release.seconds + time.time() - started)
+                       int(included.sum()), 2 * k, correct, 0.95, auc, tpr, release.seconds + time.time() - started,
+                       score.tolist(), included.tolist())
+
+
+def split_canary_pool(data: ImageDataset, canaries: int, base_records: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Disjoint (base, canary pool) from one dataset: the canaries are records the base never holds."""
+    if canaries < 2 or canaries + base_records > len(data):
+        raise ValueError(f"need 2 <= canaries and canaries + base records <= {len(data)} records, got "
+                         f"{canaries} + {base_records}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + 7919))
+    return data.subset(order[canaries:canaries + base_records].sort().values), data.subset(order[:canaries])
+
+
+def recomputed_epsilon(claim: dict) -> float | None:
+    """The claim's ε recomputed by dp-accounting's PLD accountant from its mechanism; None for no noise."""
+    from common.privacy.accounting import Mechanism
+    from common.privacy.independent import pld_epsilon
+
+    if claim.get("epsilon") is None:
+        return None
+    mechanism = Mechanism(claim["noise_multiplier"], claim["sample_rate"], claim["steps"], claim["clip_norm"])
+    return pld_epsilon([mechanism], claim["delta"])
+
+
+def run_empirical_audit(data: ImageDataset, config, canaries: int = 200, base_records: int = 0,
+                        guess_fraction: float = 0.2, eval_epochs: int = 100, progress: bool = True,
+                        report_dir: Path | None = None, device: str = "auto") -> dict:
+    """The whole `fedsynth audit --empirical`: canaries split off `data`, one release, the bound, the attack;
+    returns the result row (claimed, recomputed and empirical ε side by side, with config, versions, seed)."""
+    from common.plots import save_canary_scores
+    from common.versions import library_versions
+
+    base, pool = split_canary_pool(data, canaries, base_records, config.seed)
+    release = release_with_canaries(base, pool, config, canaries, seed=config.seed, progress=progress, device=device)
+    audit = audit_release(release, guess_fraction, eval_epochs=eval_epochs, seed=config.seed, device=device)
+    row = {**audit.to_dict(), "recomputed_epsilon": recomputed_epsilon(release.synthetic.claim),
+           "delta": release.synthetic.claim["delta"], "base_records": len(base), "dataset": data.name,
+           "claim": release.synthetic.claim, "config": asdict(config), "seed": config.seed,
+           "versions": library_versions()}
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        save_canary_scores(audit.scores, audit.membership, audit.guesses // 2, report_dir / "canary_scores.png",
+                           f"claimed ε={_show(row['claimed_epsilon'])}, empirical lower bound "
+                           f"{audit.empirical_epsilon_lower_bound:.2f} ({audit.correct}/{audit.guesses} guesses right)")
+    return row
+
+
+def _show(epsilon: float | None) -> str:
+    return "∞ (no noise)" if epsilon is None else f"{epsilon:.3g}"
+
+
+def summary_table(row: dict) -> str:
+    """The terminal table: claimed, independently recomputed and empirical ε side by side."""
+    recomputed = "∞" if row["recomputed_epsilon"] is None else f"{row['recomputed_epsilon']:.3f}"
+    lines = [
+        "| claimed ε | recomputed ε (PLD) | empirical lower bound (95 %) | guesses right | MIA AUC | TPR @ 1 % FPR | seconds |",
+        "|---|---|---|---|---|---|---|",
+        f"| {_show(row['claimed_epsilon'])} | {recomputed} | {row['empirical_epsilon_lower_bound']:.3f} | "
+        f"{row['correct']}/{row['guesses']} | {row['mia_auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | "
+        f"{row['seconds']:.0f} |",
+    ]
+    return "\n".join(lines)

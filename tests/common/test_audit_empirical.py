@@ -66,3 +66,35 @@ def test_calibrated_noise_stays_below_the_claim(mnist_test):
     audit = audit_release(release)
     assert audit.claimed_epsilon is not None and audit.claimed_epsilon <= 1.0
     assert audit.empirical_epsilon_lower_bound <= audit.claimed_epsilon
+
+
+def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
+    import json
+
+    from common.cli import main
+
+    out = tmp_path / "empirical.json"
+    code = main(["audit", "--empirical", "--dataset", "mnist5k", "--canaries", "60", "--base-records", "100",
+                 "--epsilon", "2", "--steps", "3", "--inner-steps", "2", "--ipc", "2", "--width", "8",
+                 "--eval-epochs", "2", "--quiet", "--json", str(out), "--report", str(tmp_path / "r")])
+    assert code == 0
+    row = json.loads(out.read_text())
+    assert {"claimed_epsilon", "empirical_epsilon_lower_bound", "mia_auc", "tpr_at_1pct_fpr"} <= set(row)
+    # Opacus RDP claims, the PLD recomputation is tighter: a little below the claim, never above it
+    assert row["claimed_epsilon"] <= 2 and 0.8 * row["claimed_epsilon"] <= row["recomputed_epsilon"] <= row["claimed_epsilon"]
+    assert row["canaries"] == 60 and row["base_records"] == 100 and row["guesses"] == 12
+    assert row["seed"] == 0 and "opacus" in row["versions"] and row["config"]["epsilon"] == 2
+    assert (tmp_path / "r" / "canary_scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["audit", "--empirical", "--canaries", "60"]) == 2  # no data to draw canaries from: clear error
+
+
+def test_canaries_never_overlap_the_base_records():
+    from common.audit.empirical import split_canary_pool
+    from common.data import load_mnist5k
+
+    data = load_mnist5k(train=False)
+    base, pool = split_canary_pool(data, 100, 300, seed=4)
+    flat = lambda d: {tuple(row.tolist()) for row in (d.images.flatten(1) * 255).round().to(torch.uint8)}
+    assert len(base) == 300 and len(pool) == 100 and not flat(base) & flat(pool)
+    with pytest.raises(ValueError, match="canaries"):
+        split_canary_pool(data, 400, len(data), seed=0)

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from flwr.app import Array
+from flwr.app import Array, ConfigRecord, MetricRecord
 
-from common.payload import PayloadError, from_record, to_record
+from common.payload import PayloadError, from_record, payload_bytes, read_telemetry, telemetry_record, to_record
 
 
 def test_round_trip_keeps_dtypes_shapes_and_bytes():
@@ -46,3 +46,20 @@ def test_pickled_array_is_refused():
     record["synthetic"]["images"] = Array(dtype="object", shape=(1,), stype="numpy.ndarray", data=buffer.getvalue())
     with pytest.raises(PayloadError, match="does not decode"):
         from_record(record)
+
+
+def test_upload_size_counts_the_arrays_and_the_claim():
+    record = to_record(torch.rand(20, 1, 28, 28), torch.arange(20), {"epsilon": 1.0}, b"s" * 64, "site-0", "7", "n0")
+    arrays = 20 * 28 * 28 * 4 + 20 * 8
+    assert arrays < payload_bytes(record) < arrays + 2000  # numpy headers + claim JSON + signature + names
+    record["telemetry"] = telemetry_record(12.5, 800.0)
+    assert read_telemetry(record) == {"seconds": 12.5, "peak_rss_mb": 800.0}
+
+
+def test_telemetry_is_optional_and_never_breaks_decoding():
+    record = to_record(torch.rand(2, 1, 28, 28), torch.arange(2), {}, b"s", "x", "7", "n0")
+    assert read_telemetry(record) == {}
+    record["telemetry"] = ConfigRecord({"seconds": "lots"})  # wrong record type: ignored
+    assert read_telemetry(record) == {} and from_record(record).site == "x"
+    record["telemetry"] = MetricRecord({"seconds": 3.0, "secret": 1.0})  # only the known figures are read
+    assert read_telemetry(record) == {"seconds": 3.0}

@@ -2,12 +2,15 @@
 
 It runs the real `client.client_app.distil_and_upload` and then, when the SuperNode's
 node config says `fault="tamper"`, changes one pixel after signing; with `fault="replay"`
-it keeps its first signed reply and sends that same reply in every later run.
+it keeps its first signed reply and sends that same reply in every later run; with
+`fault="hang"` (or, in simulation, when its partition-id is the run config's `hang-partition`)
+it never answers within the round.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -37,6 +40,10 @@ def _load(path: Path):
 @app.train()
 def misbehave(msg: Message, context: Context) -> Message:
     fault = str(context.node_config.get("fault", ""))
+    if str(context.node_config.get("partition-id", "")) == str(context.run_config.get("hang-partition", "")):
+        fault = "hang"
+    if fault == "hang":
+        time.sleep(float(context.run_config.get("hang-seconds", 3600)))
     kept = Path(str(context.node_config["home"])) / "kept-reply.json"
     if fault == "replay" and kept.exists():
         return Message(_load(kept), reply_to=msg)

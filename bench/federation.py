@@ -1,0 +1,154 @@
+"""Federation benchmark: 10 simulated sites on Fashion-MNIST, IID and Dirichlet(α = 0.5), ε ∈ {1, 10}.
+
+Each row is one real round on Flower's simulation engine (`fedsynth simulate`, private
+SuperLink, fresh site ledgers): every site distils its share, the server checks and pools
+the uploads and trains the global ConvNet-128 on the pool. Beside them, one site holding
+all 60,000 training images with the same engine settings (`sites = 1`), the reference the
+non-IID target is measured against (within 3 points at ε = 10). Rows go to
+bench/results/federation.json; each run's metrics, privacy report and pool picture are
+kept under bench/results/federation/. Prints a table and regenerates the README's.
+
+    .venv/bin/python bench/federation.py                                  # every row
+    .venv/bin/python bench/federation.py --partition dirichlet --epsilon 10
+    .venv/bin/python bench/federation.py --sites 1 10 --epsilon 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
+README_START, README_END = "<!-- federation-results:start -->", "<!-- federation-results:end -->"
+
+
+def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int, extra: str,
+            federation_config: str | None) -> dict:
+    """One simulated round; the row is read back from the server's metrics.json."""
+    from common.simulation import run_simulation
+    from common.versions import library_versions
+
+    name = f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}"
+    with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
+        out = Path(tmp) / "out"
+        config = (f'epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} min-sites={min(2, sites)} '
+                  f'expected-sites={sites} policy-epsilon={max(epsilon, 10.0)} output-dir="{out}" '
+                  f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}" {extra}').strip()
+        started = time.time()
+        code = run_simulation(ROOT, sites, config, federation_config=federation_config)
+        seconds = time.time() - started
+        if code != 0:
+            raise RuntimeError(f"round {name} failed (exit {code}); see the output above")
+        metrics = json.loads((out / "metrics.json").read_text())
+        kept = RESULTS / "federation" / name
+        kept.mkdir(parents=True, exist_ok=True)
+        for file in KEPT:
+            shutil.copy(out / file, kept / file)
+    accepted = [s for s in metrics["sites"] if s["accepted"]]
+    mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None
+    return {
+        "dataset": "fashion-mnist",
+        "partition": partition if sites > 1 else "all-data",
+        "alpha": alpha if partition == "dirichlet" and sites > 1 else None,
+        "sites": sites,
+        "sites_accepted": len(accepted),
+        "epsilon": epsilon,
+        "max_site_epsilon": metrics.get("max_site_epsilon"),
+        "delta": metrics["config"]["delta"],
+        "accuracy_mean": metrics["accuracy"],
+        "accuracy_std": None,  # one global model per round (seed `seed`): no spread to report
+        "seeds": 1,
+        "seconds": seconds,
+        "seconds_per_site": mean("seconds"),
+        "bytes_per_site": mean("upload_bytes"),
+        "bytes_total": sum(s["upload_bytes"] for s in accepted),
+        "peak_rss_mb": max((s["peak_rss_mb"] for s in accepted if "peak_rss_mb" in s), default=None),
+        "outputs": f"bench/results/federation/{name}",
+        "config": metrics["config"],
+        "federation_config": federation_config,
+        "seed": seed,
+        "versions": library_versions(),
+    }
+
+
+def _key(row: dict) -> tuple:
+    return (row["epsilon"], row["sites"], row["partition"])
+
+
+def merge(rows: list[dict], path: Path) -> list[dict]:
+    from common.synthetic_set import write_json
+
+    existing = json.loads(path.read_text())["rows"] if path.exists() else []
+    keyed = {_key(r): r for r in existing}
+    keyed.update({_key(r): r for r in rows})
+    merged = [keyed[k] for k in sorted(keyed)]
+    write_json(path, {"benchmark": "federation", "rows": merged})
+    return merged
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| ε | sites | partition | global accuracy % | vs one site | time per site | upload per site | "
+             "peak RSS per site | round wall time |", "|---|---|---|---|---|---|---|---|---|"]
+    reference = {r["epsilon"]: r["accuracy_mean"] for r in rows if r["sites"] == 1}
+    for r in rows:
+        ref = reference.get(r["epsilon"])
+        gap = "—" if ref is None or r["sites"] == 1 else f"{100 * (r['accuracy_mean'] - ref):+.1f}"
+        part = r["partition"] + (f" α={r['alpha']:g}" if r.get("alpha") is not None else "")
+        per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
+        size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
+        rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
+        lines.append(f"| {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} | {per_site} "
+                     f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def update_readme(rows: list[dict], readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = (f"{README_START}\n_Generated by `bench/federation.py` from `bench/results/federation.json`._\n\n"
+             f"{table(rows)}\n{README_END}")
+    readme.write_text(head + block + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sites", type=int, nargs="*", default=[1, 10], help="1 = one site with all the data")
+    parser.add_argument("--partition", nargs="*", choices=("iid", "dirichlet"), default=["iid", "dirichlet"])
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--epsilon", type=float, nargs="*", default=[10.0, 1.0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
+    parser.add_argument("--federation-config", help='Flower simulation settings, e.g. "client-resources-num-cpus=1"')
+    parser.add_argument("--out", type=Path, default=RESULTS / "federation.json")
+    parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
+    args = parser.parse_args()
+
+    rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    if not args.readme_only:
+        for epsilon in args.epsilon:
+            for sites in args.sites:
+                for partition in (["iid"] if sites == 1 else args.partition):
+                    row = run_row(sites, partition, args.alpha, epsilon, args.seed, args.run_config,
+                                  args.federation_config)
+                    rows = merge([row], args.out)
+                    print(table(rows), flush=True)
+    print(table(rows))
+    update_readme(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
