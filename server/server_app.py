@@ -56,6 +56,12 @@ def _fail(out: Path, sites: list[dict], cfg: dict, test: ImageDataset, reason: s
     raise RuntimeError(reason)
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """A site's error (often a multi-line traceback) as one table-safe line, its end kept where it is long."""
+    flat = " ".join(str(text).replace("|", "/").split())
+    return flat if len(flat) <= limit else f"{flat[: limit // 3]} … {flat[-2 * limit // 3:]}"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = dict(context.run_config)
@@ -84,7 +90,7 @@ def main(grid: Grid, context: Context) -> None:
     for reply in replies:
         row, verdict = {"site": f"node-{reply.metadata.src_node_id}"}, None
         if reply.has_error():
-            verdict = Verdict.reject(f"site error: {reply.error.reason}")
+            verdict = Verdict.reject(f"site error: {_one_line(reply.error.reason)}")
         elif "refusal" in reply.content:
             row["site"] = str(reply.content["refusal"]["site"])
             verdict = Verdict.reject(f"site refused: {reply.content['refusal']['refused']}")

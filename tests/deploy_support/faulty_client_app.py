@@ -4,7 +4,7 @@ It runs the real `client.client_app.distil_and_upload` and then, when the SuperN
 node config says `fault="tamper"`, changes one pixel after signing; with `fault="replay"`
 it keeps its first signed reply and sends that same reply in every later run; with
 `fault="hang"` (or, in simulation, when its partition-id is the run config's `hang-partition`)
-it never answers within the round.
+it answers only after `hang-seconds`, later than the server waits.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def misbehave(msg: Message, context: Context) -> Message:
         fault = "hang"
     if fault == "hang":
         time.sleep(float(context.run_config.get("hang-seconds", 3600)))
-    kept = Path(str(context.node_config["home"])) / "kept-reply.json"
+    kept = Path(str(context.node_config.get("home", "."))) / "kept-reply.json"
     if fault == "replay" and kept.exists():
         return Message(_load(kept), reply_to=msg)
     reply = distil_and_upload(msg, context)
