@@ -44,7 +44,7 @@ from common.privacy.accounting import (
     check_delta,
     epsilon_of_history,
 )
-from common.synthetic_set import SyntheticSet, content_hash, save_synthetic_set
+from common.synthetic_set import SyntheticSet, content_hash, json_safe, save_synthetic_set
 from common.versions import library_versions
 
 CHECKPOINT_DIR = ".fedsynth-checkpoint"
@@ -222,7 +222,7 @@ def distill(
     validate(dataset, config)
     the_plan = plan(dataset, config)
     dev = resolve_device(device)
-    config_dict = asdict(config)
+    config_dict = json_safe(asdict(config))  # strict JSON: the claim is signed as JSON (ε = ∞ → null)
 
     resumed = _load_checkpoint(out)
     if resumed is not None:

@@ -24,7 +24,7 @@ from server.validation import UploadPolicy, Verdict, check_upload
 app = ServerApp()
 
 REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "width", "lr-images", "partition",
-                "alpha", "seed", "keys-dir", "sites-dir")
+                "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:

@@ -1,5 +1,6 @@
 """The engine end to end on small real data, with real Opacus: sampling, accounting, data path, ledger."""
 
+import json
 import math
 
 import pytest
@@ -166,6 +167,7 @@ def test_class_with_no_records_is_refused(tiny_mnist, tmp_path):
 def test_no_noise_run_is_unbounded_and_needs_an_unbounded_budget(tiny_mnist, tmp_path):
     result = _run(tiny_mnist, tmp_path, epsilon=math.inf)
     assert result.synthetic.claim["epsilon"] is None and result.synthetic.claim["noise_multiplier"] == 0.0
+    json.dumps(result.synthetic.claim, allow_nan=False)  # strict JSON, as it is signed and sent (∞ is null)
     with pytest.raises(BudgetExceededError):
         _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10), epsilon=math.inf)
 

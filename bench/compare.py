@@ -1,0 +1,259 @@
+"""fedsynth beside what a user would otherwise run, on the same sites, partitions, (ε, δ) and test split.
+
+Methods (rows of bench/results/compare.json):
+  fedsynth       one round: each site distils under (ε, δ), the server trains on the pool
+  distill-nodp   the same round without noise (ε = ∞)
+  dp-fedavg      FedAvg with record-level DP-SGD (Opacus) at every site, σ calibrated so each site
+                 ends its last round at the same (ε, δ)
+  fedavg         FedAvg without DP
+  central-dpsgd  one party holding all the data, DP-SGD at (ε, δ)
+  central        one party holding all the data, no DP
+Federated rows run on Flower's simulation engine (real SuperLink, one process per run); the
+central rows in this process. Writes the JSON, `accuracy_vs_epsilon.png` and
+`bytes_vs_accuracy.png`, prints the table and regenerates the README's block.
+
+    .venv/bin/python bench/compare.py --epsilon 1 10 --methods fedsynth dp-fedavg   # a few rows
+    .venv/bin/python bench/compare.py                                               # every row (hours on 2 cores)
+    .venv/bin/python bench/compare.py --readme-only                                 # tables and plots from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+METHODS = ("fedsynth", "distill-nodp", "dp-fedavg", "fedavg", "central-dpsgd", "central")
+PRIVATE = {"fedsynth", "dp-fedavg", "central-dpsgd"}
+# PSG's published one-party Fashion-MNIST point (Dosser, ICCV 2025, IPC 10; ε = 1 as we read it).
+PSG_PUBLISHED = [(1.0, 68.5)]
+# Baseline training, the same for every ε (chosen once, not tuned per row): local DP-SGD in the usual regime.
+FEDAVG = dict(rounds=10, local_epochs=1, batch_size=64, lr=0.05, clip_norm=1.0, width=32)
+CENTRAL = dict(epochs=10, batch_size=256, lr=0.05, clip_norm=1.0, width=32)
+README_START, README_END = "<!-- compare-results:start -->", "<!-- compare-results:end -->"
+# --smoke: the whole pipeline on the MNIST subset in minutes, to check the harness (numbers meaningless)
+SMOKE = dict(dataset="mnist5k", fedsynth='steps=3 inner-steps=2 width=8 ipc=2 eval-epochs=5 eval-width=16',
+             fedavg=dict(rounds=2, width=8), central=dict(epochs=1, width=8))
+DATASET = {"name": "fashion-mnist", "extra": ""}
+
+
+def _simulate(app: Path, sites: int, run_config: str) -> dict:
+    from common.simulation import run_simulation
+
+    with tempfile.TemporaryDirectory(prefix="fedsynth-compare-") as tmp:
+        out = Path(tmp) / "out"
+        config = (f'dataset="{DATASET["name"]}" {run_config} output-dir="{out}" keys-dir="{Path(tmp) / "keys"}" '
+                  f'sites-dir="{Path(tmp) / "sites"}"')
+        started = time.time()
+        if run_simulation(app, sites, config) != 0:
+            raise RuntimeError(f"simulated run failed: {config}")
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics["wall_seconds"] = time.time() - started
+        return metrics
+
+
+def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict:
+    eps = "inf" if math.isinf(epsilon) else f"{epsilon}"
+    m = _simulate(ROOT, sites, f'epsilon={eps} policy-epsilon={eps} site-budget={eps} partition="{partition}" '
+                  f'alpha={alpha} seed={seed} expected-sites={sites} {DATASET["extra"]}')
+    accepted = [s for s in m["sites"] if s["accepted"]]
+    return {"method": "fedsynth" if math.isfinite(epsilon) else "distill-nodp", "accuracy_mean": m["accuracy"],
+            "rounds": 1, "bytes_total": sum(s["upload_bytes"] for s in accepted), "seconds": m["wall_seconds"],
+            "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
+            "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted)}
+
+
+def run_fedavg(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict:
+    from common.simulation import write_app_variant
+    from server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
+
+    with tempfile.TemporaryDirectory(prefix="fedsynth-fedavg-app-") as tmp:
+        app = write_app_variant(Path(tmp), extra_config=BASELINE_CONFIG, **BASELINE_COMPONENTS)
+        f = FEDAVG
+        m = _simulate(app, sites, f'epsilon={0.0 if math.isinf(epsilon) else epsilon} partition="{partition}" '
+                      f'alpha={alpha} seed={seed} expected-sites={sites} rounds={f["rounds"]} '
+                      f'local-epochs={f["local_epochs"]} batch-size={f["batch_size"]} lr={f["lr"]} '
+                      f'clip-norm={f["clip_norm"]} width={f["width"]}')
+    return {"method": m["method"], "accuracy_mean": m["accuracy"], "accuracy_per_round": m["accuracy_per_round"],
+            "rounds": m["rounds"], "bytes_total": m["bytes_total"], "seconds": m["wall_seconds"],
+            "peak_rss_mb": m["peak_rss_mb"], "max_site_epsilon": m["max_site_epsilon"], "sites_accepted": sites}
+
+
+def run_central(epsilon: float, seed: int) -> dict:
+    """One party with all the training data: DP-SGD at (ε, 1e-5), or plain SGD for ε = ∞."""
+    from client.local_training import plan_dp_sgd, train_locally
+    from common.data import load_dataset
+    from common.evaluation import accuracy
+    from common.models import ConvNet
+
+    c = CENTRAL
+    train, test = load_dataset(DATASET["name"], train=True), load_dataset(DATASET["name"], train=False)
+    plan = plan_dp_sgd(len(train), c["batch_size"], c["epochs"], 1, epsilon, 1e-5, c["clip_norm"])
+    started = time.time()
+    model, _, spent = train_locally(ConvNet(1, 10, 28, c["width"], norm="groupnorm"), train, plan, c["batch_size"],
+                                    c["epochs"], c["lr"], seed)
+    return {"method": "central" if math.isinf(epsilon) else "central-dpsgd", "accuracy_mean": accuracy(model, test),
+            "rounds": 0, "bytes_total": 0, "seconds": time.time() - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "max_site_epsilon": None if math.isinf(spent) else spent, "sites_accepted": 1}
+
+
+def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: float, seeds: list[int]) -> dict:
+    """Every seed of one method at one (partition, ε); accuracy as mean ± std over the seeds."""
+    from common.versions import library_versions
+
+    runs = []
+    for seed in seeds:
+        if method in ("fedsynth", "distill-nodp"):
+            runs.append(run_fedsynth(sites, partition, alpha, epsilon, seed))
+        elif method in ("dp-fedavg", "fedavg"):
+            runs.append(run_fedavg(sites, partition, alpha, epsilon, seed))
+        else:
+            runs.append(run_central(epsilon, seed))
+    accuracies = [r["accuracy_mean"] for r in runs]
+    central = method.startswith("central")
+    return {**runs[-1], "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
+            "partition": "central" if central else partition, "alpha": alpha if partition == "dirichlet" else None,
+            "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
+            "seconds": statistics.fmean(r["seconds"] for r in runs), "seeds": seeds,
+            "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
+            "settings": CENTRAL if central else FEDAVG if "fedavg" in method else "pyproject [tool.flwr.app.config]",
+            "versions": library_versions()}
+
+
+def _key(row: dict) -> tuple:
+    return (METHODS.index(row["method"]), row["partition"], row["epsilon"] is None, row["epsilon"] or 0.0)
+
+
+def merge(rows: list[dict], path: Path) -> list[dict]:
+    from common.synthetic_set import write_json
+
+    existing = json.loads(path.read_text())["rows"] if path.exists() else []
+    keyed = {_key(r): r for r in existing}
+    keyed.update({_key(r): r for r in rows})
+    merged = [keyed[k] for k in sorted(keyed)]
+    write_json(path, {"benchmark": "compare", "rows": merged})
+    return merged
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        acc = f"{100 * r['accuracy_mean']:.1f}" + ("" if r["accuracy_std"] is None else f" ± {100 * r['accuracy_std']:.1f}")
+        lines.append(f"| {r['method']} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
+                     f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
+                     f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], folder: Path) -> None:
+    """Accuracy against ε per private method (methods without DP as dashed levels), and bytes sent vs accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in METHODS:
+        for partition in sorted({r["partition"] for r in rows if r["method"] == method}):
+            mine = [r for r in rows if r["method"] == method and r["partition"] == partition]
+            label = f"{method} ({partition})"
+            if method in PRIVATE:
+                xs, ys = zip(*sorted((r["epsilon"], 100 * r["accuracy_mean"]) for r in mine if r["epsilon"] is not None))
+                ax.plot(xs, ys, marker="o", label=label, color=f"C{METHODS.index(method)}")
+            else:  # no DP: a level line to read the cost of privacy against
+                ax.axhline(100 * mine[0]["accuracy_mean"], linestyle="--", linewidth=1, label=label + ", no DP",
+                           color=f"C{METHODS.index(method)}")
+    ax.scatter(*zip(*PSG_PUBLISHED), marker="*", s=120, color="k", zorder=5, label="PSG published (one party)")
+    ax.set_xscale("log")
+    ticks = sorted({r["epsilon"] for r in rows if r["epsilon"] is not None} | {e for e, _ in PSG_PUBLISHED})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("ε per site (δ = 1e-5), log scale; dashed: without DP")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("Fashion-MNIST: accuracy vs privacy")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_vs_epsilon.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in METHODS:
+        pts = [(max(r["bytes_total"], 1) / 2**20, 100 * r["accuracy_mean"]) for r in rows if r["method"] == method]
+        if pts:
+            ax.scatter(*zip(*pts), label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes sent by all sites, MiB (log)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("what each method sends for its accuracy")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(folder / "bytes_vs_accuracy.png", dpi=120)
+    plt.close(fig)
+
+
+def update_readme(rows: list[dict], readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = (f"{README_START}\n_Generated by `bench/compare.py` from `bench/results/compare.json`._\n\n{table(rows)}\n\n"
+             f"![accuracy vs ε](bench/results/accuracy_vs_epsilon.png) ![bytes vs accuracy](bench/results/bytes_vs_accuracy.png)\n"
+             f"{README_END}")
+    readme.write_text(head + block + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--epsilon", type=float, nargs="*", default=[0.5, 1.0, 2.0, 5.0, 10.0],
+                        help="ε for the private methods (the others run once, without DP)")
+    parser.add_argument("--partition", nargs="*", choices=("iid", "dirichlet"), default=["dirichlet"])
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
+    parser.add_argument("--readme-only", action="store_true", help="only regenerate tables and plots from the JSON")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings on the MNIST subset (give --out elsewhere)")
+    args = parser.parse_args()
+    if args.smoke:
+        if args.out == RESULTS / "compare.json":
+            parser.error("--smoke results are meaningless: give --out outside bench/results")
+        DATASET.update(name=SMOKE["dataset"], extra=SMOKE["fedsynth"])
+        FEDAVG.update(SMOKE["fedavg"])
+        CENTRAL.update(SMOKE["central"])
+
+    rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    if not args.readme_only:
+        for method in args.methods:
+            epsilons = args.epsilon if method in PRIVATE else [math.inf]
+            partitions = ["central"] if method.startswith("central") else args.partition
+            for partition in partitions:
+                for epsilon in epsilons:
+                    row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds)
+                    rows = merge([row], args.out)
+                    print(table(rows), flush=True)
+    if rows:
+        plots(rows, args.out.parent)
+        print(table(rows))
+        if not args.smoke:
+            update_readme(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
