@@ -40,7 +40,8 @@ def _load(path: Path):
 @app.train()
 def misbehave(msg: Message, context: Context) -> Message:
     fault = str(context.node_config.get("fault", ""))
-    if str(context.node_config.get("partition-id", "")) == str(context.run_config.get("hang-partition", "")):
+    partition, late = context.node_config.get("partition-id"), context.run_config.get("hang-partition")
+    if partition is not None and late is not None and int(partition) == int(late):
         fault = "hang"
     if fault == "hang":
         time.sleep(float(context.run_config.get("hang-seconds", 3600)))
