@@ -61,11 +61,12 @@ def _site_paths(node: dict, request: dict, site: str) -> tuple[Path, Path, Path]
     return home, ledger, key
 
 
-def _site_budget(node: dict, request: dict) -> float | None:
-    """Total ε of a new ledger: the site's own setting; a simulated site may take it from the run config."""
+def _site_budget(node: dict, request: dict, ledger: Path) -> float | None:
+    """Total ε of a new ledger: the site's own setting; a new simulated site's may come from the run config
+    (an existing ledger keeps the budget it was created with)."""
     if "site-budget" in node:
         return float(node["site-budget"])
-    if "partition-id" in node and "site-budget" in request:
+    if "partition-id" in node and "site-budget" in request and not ledger.exists():
         return float(request["site-budget"])
     return None
 
@@ -96,7 +97,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     try:
         home, ledger_path, key_path = _site_paths(node, request, site)
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
-        ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request), signer=key)
+        ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request, ledger_path), signer=key)
         dataset = _site_data(node, request)
         result = distill(dataset, config, ledger, home / "runs" / str(request["run-id"]), progress=False,
                          device=str(node.get("device", "auto")), dataset_label=dataset.name)
