@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 from common.plots import save_image_grid
 from common.synthetic_set import write_json
 
+POOL_PICTURE_PER_CLASS = 30  # a 100-site pool would make a picture of hundreds of MB
+
 
 def privacy_markdown(sites: list[dict[str, Any]]) -> str:
     """One row per site: ε, δ, σ, q, steps, accepted or why not; upload size and site time where known."""
@@ -35,7 +37,10 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
     (out / "privacy_report.md").write_text("# Privacy report\n\n" + privacy_markdown(sites))
     save_file({"images": pool_images.contiguous(), "labels": pool_labels.contiguous()}, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
-        save_image_grid(pool_images, pool_labels, classes, out / "synthetic_pool.png", title="pooled synthetic set")
+        keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS] for c in range(len(classes))])
+        shown = "" if len(keep) == len(pool_labels) else f" (first {POOL_PICTURE_PER_CLASS} of each class)"
+        save_image_grid(pool_images[keep], pool_labels[keep], classes, out / "synthetic_pool.png",
+                        title=f"pooled synthetic set, {len(pool_labels)} images{shown}")
     if model is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(out / "global_model.safetensors"), metadata={"config": str(getattr(model, "config", {}))})
