@@ -1,10 +1,11 @@
 """One federated round on the real Flower simulation engine (private SuperLink, loopback, no downloads)."""
 
 import json
-import subprocess
+import re
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
@@ -17,14 +18,22 @@ TINY = ('dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 ev
         'connect-timeout=30 timeout=600 epsilon=8.0')
 ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global_model.safetensors",
              "synthetic_pool.safetensors", "synthetic_pool.png")
+FLOWER_PROCESS = re.compile(r"flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server")
 
 
 def _leftovers(wait: float = 0.0):
-    """Flower and Ray processes still alive (after waiting up to `wait` s for them to finish exiting)."""
+    """Flower and Ray processes still running (after waiting up to `wait` s for them to finish exiting).
+
+    Zombies are left out: they have exited, and reaping an orphan is init's job (a container's PID 1
+    may never do it), not something the simulation can leave running.
+    """
     deadline = time.monotonic() + wait
     while True:
-        out = subprocess.run(["pgrep", "-a", "-f", "flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server"],
-                             capture_output=True, text=True).stdout.splitlines()
+        out = sorted(
+            f"{proc.info['pid']} {' '.join(proc.info['cmdline'] or [])}"
+            for proc in psutil.process_iter(["pid", "cmdline", "status"])
+            if proc.info["status"] != psutil.STATUS_ZOMBIE
+            and FLOWER_PROCESS.search(" ".join(proc.info["cmdline"] or [])))
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(1.0)
