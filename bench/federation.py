@@ -11,6 +11,7 @@ kept under bench/results/federation/. Prints a table and regenerates the README'
     .venv/bin/python bench/federation.py                                  # every row
     .venv/bin/python bench/federation.py --partition dirichlet --epsilon 10
     .venv/bin/python bench/federation.py --sites 1 10 --epsilon 10
+    .venv/bin/python bench/federation.py --profile gpu                    # on a CUDA machine
 """
 
 from __future__ import annotations
@@ -30,15 +31,22 @@ from bench.results_io import merge_rows, read_rows, update_readme_block  # noqa:
 
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
+# Engine and simulation settings per machine. `cpu`: the app's defaults, one site at a time on 2 cores.
+# `gpu`: the engine at PSG's scale (ConvNet-128, 1000 × 10 releases) and two sites sharing each GPU.
+PROFILES = {
+    "cpu": dict(run_config="", federation_config=None),
+    "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300",
+                federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),
+}
 
 
 def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int, extra: str,
-            federation_config: str | None) -> dict:
+            federation_config: str | None, profile: str = "cpu") -> dict:
     """One simulated round; the row is read back from the server's metrics.json."""
     from common.simulation import run_simulation
     from common.versions import library_versions
 
-    name = f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}"
+    name = f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}" + ("" if profile == "cpu" else f"_{profile}")
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         out = Path(tmp) / "out"
         config = (f'epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} min-sites={min(2, sites)} '
@@ -58,6 +66,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
     mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None
     return {
         "dataset": "fashion-mnist",
+        "profile": profile,
         "partition": partition if sites > 1 else "all-data",
         "alpha": alpha if partition == "dirichlet" and sites > 1 else None,
         "sites": sites,
@@ -82,25 +91,35 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
 
 
 def _key(row: dict) -> tuple:
-    return (row["epsilon"], row["sites"], row["partition"])
+    return (row.get("profile", "cpu"), row["epsilon"], row["sites"], row["partition"])
 
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
     return merge_rows(path, "federation", rows, _key)
 
 
+def engine_bench_reference(ipc: int = 10) -> dict[float, str]:
+    """bench/distill.py's one-site, all-data result per ε (its longer `cpu` profile), for the table."""
+    rows = read_rows(RESULTS / "distill.json")
+    return {r["epsilon"]: f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
+            for r in rows if r["ipc"] == ipc and r.get("profile") == "cpu" and r["epsilon"] is not None}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| ε | sites | partition | global accuracy % | vs one site | time per site | upload per site | "
-             "peak RSS per site | round wall time |", "|---|---|---|---|---|---|---|---|---|"]
-    reference = {r["epsilon"]: r["accuracy_mean"] for r in rows if r["sites"] == 1}
+    lines = ["| profile | ε | sites | partition | global accuracy % | vs one site | engine bench, one site | time per site | "
+             "upload per site | peak RSS per site | round wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    reference = {(r.get("profile", "cpu"), r["epsilon"]): r["accuracy_mean"] for r in rows if r["sites"] == 1}
+    engine = engine_bench_reference()
     for r in rows:
-        ref = reference.get(r["epsilon"])
+        profile = r.get("profile", "cpu")
+        ref = reference.get((profile, r["epsilon"]))
         gap = "—" if ref is None or r["sites"] == 1 else f"{100 * (r['accuracy_mean'] - ref):+.1f}"
         part = r["partition"] + (f" α={r['alpha']:g}" if r.get("alpha") is not None else "")
         per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
-        lines.append(f"| {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} | {per_site} "
+        lines.append(f"| {profile} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
+                     f"| {engine.get(r['epsilon'], '—') if profile == 'cpu' else '—'} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -116,8 +135,11 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--epsilon", type=float, nargs="*", default=[10.0, 1.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                        help="cpu: the app's defaults; gpu: PSG-scale engine, two sites per GPU")
     parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
-    parser.add_argument("--federation-config", help='Flower simulation settings, e.g. "client-resources-num-cpus=1"')
+    parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '
+                        'e.g. "client-resources-num-cpus=1"')
     parser.add_argument("--out", type=Path, default=RESULTS / "federation.json")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
     args = parser.parse_args()
@@ -127,8 +149,10 @@ def main() -> int:
         for epsilon in args.epsilon:
             for sites in args.sites:
                 for partition in (["iid"] if sites == 1 else args.partition):
-                    row = run_row(sites, partition, args.alpha, epsilon, args.seed, args.run_config,
-                                  args.federation_config)
+                    profile = PROFILES[args.profile]
+                    row = run_row(sites, partition, args.alpha, epsilon, args.seed,
+                                  f"{profile['run_config']} {args.run_config}".strip(),
+                                  args.federation_config or profile["federation_config"], args.profile)
                     rows = merge([row], args.out)
                     print(table(rows), flush=True)
     if rows:
