@@ -18,6 +18,7 @@ from common.evaluation import TrainConfig, accuracy, train_classifier
 from common.payload import PayloadError, from_record, payload_bytes, read_telemetry
 from common.signing import load_public_key
 from common.versions import library_versions
+from server.collect import stream_replies
 from server.report import privacy_markdown, write_outputs
 from server.validation import UploadPolicy, Verdict, check_upload
 
@@ -77,17 +78,14 @@ def main(grid: Grid, context: Context) -> None:
     messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.TRAIN)
                 for node in nodes]
     print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})", flush=True)
-    replies = list(grid.send_and_receive(messages, timeout=float(cfg.get("timeout", 3600))))
 
     policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
                           max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]))
     keys_dir = Path(str(cfg["keys-dir"]))
     sites, accepted, seen = [], [], set()
-    answered = {reply.metadata.src_node_id for reply in replies}
-    for node in nodes:
-        if node not in answered:
-            sites.append({"site": f"node-{node}", "accepted": False, "reason": "no reply before the timeout"})
-    for reply in replies:
+    answered: set[int] = set()
+    for reply in stream_replies(grid, messages, timeout=float(cfg.get("timeout", 3600))):
+        answered.add(reply.metadata.src_node_id)
         row, verdict = {"site": f"node-{reply.metadata.src_node_id}"}, None
         if reply.has_error():
             verdict = Verdict.reject(f"site error: {_one_line(reply.error.reason)}")
@@ -110,9 +108,13 @@ def main(grid: Grid, context: Context) -> None:
             except PayloadError as err:
                 verdict = Verdict.reject(str(err))
         row.update(accepted=verdict.accepted, reason=verdict.reason)
-        print(f"[fedsynth] {row['site']}: {'accepted' if verdict.accepted else 'rejected'} ({verdict.reason}), "
-              f"ε={row.get('epsilon')}", flush=True)
+        print(f"[fedsynth] {len(answered)}/{len(nodes)} sites answered; {row['site']}: "
+              f"{'accepted' if verdict.accepted else 'rejected'} ({verdict.reason}), ε={row.get('epsilon')}", flush=True)
         sites.append(row)
+    for node in nodes:
+        if node not in answered:
+            sites.append({"site": f"node-{node}", "accepted": False, "reason": "no reply before the timeout"})
+            print(f"[fedsynth] node-{node}: no reply before the timeout", flush=True)
     sites.sort(key=lambda s: s["site"])
 
     if len(accepted) < min_sites:
