@@ -45,7 +45,6 @@ CENTRAL = dict(epochs=10, batch_size=256, lr=0.05, clip_norm=1.0, width=32)
 SMOKE = dict(dataset="mnist5k", fedsynth='steps=3 inner-steps=2 width=8 ipc=2 eval-epochs=5 eval-width=16',
              fedavg=dict(rounds=2, width=8), central=dict(epochs=1, width=8))
 DATASET = {"name": "fashion-mnist", "extra": ""}
-REUSE = {"federation": True}
 
 
 def _simulate(app: Path, sites: int, run_config: str) -> dict:
@@ -133,14 +132,15 @@ def run_central(epsilon: float, seed: int) -> dict:
             "max_site_epsilon": None if math.isinf(spent) else spent, "sites_accepted": 1}
 
 
-def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: float, seeds: list[int]) -> dict:
+def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: float, seeds: list[int],
+            reuse_federation: bool = True) -> dict:
     """Every seed of one method at one (partition, ε); accuracy as mean ± std over the seeds."""
     from common.versions import library_versions
 
     runs = []
     for seed in seeds:
         if method in ("fedsynth", "distill-nodp"):
-            measured = from_federation_bench(sites, partition, alpha, epsilon, seed) if REUSE["federation"] else None
+            measured = from_federation_bench(sites, partition, alpha, epsilon, seed) if reuse_federation else None
             runs.append(measured or run_fedsynth(sites, partition, alpha, epsilon, seed))
         elif method in ("dp-fedavg", "fedavg"):
             runs.append(run_fedavg(sites, partition, alpha, epsilon, seed))
@@ -251,7 +251,6 @@ def main() -> int:
         FEDAVG.update(SMOKE["fedavg"])
         CENTRAL.update(SMOKE["central"])
 
-    REUSE["federation"] = not args.rerun_fedsynth
     rows = read_rows(args.out)
     if not args.readme_only:
         for method in args.methods:
@@ -259,7 +258,8 @@ def main() -> int:
             partitions = ["central"] if method.startswith("central") else args.partition
             for partition in partitions:
                 for epsilon in epsilons:
-                    row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds)
+                    row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds,
+                                  reuse_federation=not args.rerun_fedsynth)
                     rows = merge([row], args.out)
                     print(table(rows), flush=True)
     if rows:

@@ -145,11 +145,11 @@ def main() -> int:
     args = parser.parse_args()
 
     rows = read_rows(args.out)
+    profile = PROFILES[args.profile]
     if not args.readme_only:
         for epsilon in args.epsilon:
             for sites in args.sites:
                 for partition in (["iid"] if sites == 1 else args.partition):
-                    profile = PROFILES[args.profile]
                     row = run_row(sites, partition, args.alpha, epsilon, args.seed,
                                   f"{profile['run_config']} {args.run_config}".strip(),
                                   args.federation_config or profile["federation_config"], args.profile)
