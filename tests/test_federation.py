@@ -29,11 +29,10 @@ def _leftovers(wait: float = 0.0):
     """
     deadline = time.monotonic() + wait
     while True:
-        out = sorted(
-            f"{proc.info['pid']} {' '.join(proc.info['cmdline'] or [])}"
-            for proc in psutil.process_iter(["pid", "cmdline", "status"])
-            if proc.info["status"] != psutil.STATUS_ZOMBIE
-            and FLOWER_PROCESS.search(" ".join(proc.info["cmdline"] or [])))
+        running = ((proc.info["pid"], " ".join(proc.info["cmdline"] or []))
+                   for proc in psutil.process_iter(["pid", "cmdline", "status"])
+                   if proc.info["status"] != psutil.STATUS_ZOMBIE)
+        out = sorted(f"{pid} {cmdline}" for pid, cmdline in running if FLOWER_PROCESS.search(cmdline))
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(1.0)
