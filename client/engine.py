@@ -4,10 +4,11 @@
     for t in 1..T:  θ ← fresh draw
         for k in 1..K:
             for each class c:  B_c ← Poisson(D_c, q);  ĝ_c ← Σ clip(∇θ ℓ(B_c)) + N(0, σ²C²)   (only real-data path)
-                               L += dist(ĝ_c, ∇θ ℓ(f_θ(aug(S_c))))   (same augmentation as the real batch)
-            S ← S − η ∇_S L;   θ ← θ − η_θ ∇θ ℓ(f_θ(S))   (S only: free)
+                               repeat M times:  S ← S − η ∇_S Σ_c dist(ĝ_c, ∇θ ℓ(f_θ(aug(S_c))))   (same augmentation as the real batch)
+            θ ← θ − η_θ ∇θ ℓ(f_θ(S))   (S only: free)
 
-T·K Poisson-subsampled Gaussian releases compose (classes are disjoint within a step).
+T·K Poisson-subsampled Gaussian releases compose (classes are disjoint within a step);
+the M image updates per release only post-process what was released.
 The whole mechanism is written to the site's ledger before the first real record is
 read, and the release entry before the set is written out. A crash leaves a checkpoint
 in the output folder; running the same command again resumes it without spending again.
@@ -44,7 +45,7 @@ from common.privacy.accounting import (
     check_delta,
     epsilon_of_history,
 )
-from common.synthetic_set import SyntheticSet, content_hash, json_safe, save_synthetic_set
+from common.synthetic_set import SyntheticSet, content_hash, json_safe, quantise, save_synthetic_set
 from common.versions import library_versions
 
 CHECKPOINT_DIR = ".fedsynth-checkpoint"
@@ -66,6 +67,7 @@ class DistillConfig:
     iterations: int = 200  # T: outer iterations, each on a freshly drawn network
     inner_steps: int = 5  # K: noisy releases per outer iteration
     net_steps: int = 1  # updates of θ on the synthetic set between releases (free)
+    image_steps: int = 1  # updates of S against each release's targets (free post-processing)
     batch_per_class: float = 64.0  # expected real records per class per release; sets q
     sample_rate: float | None = None  # give q directly instead
     clip_norm: float = 1.0
@@ -140,8 +142,8 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
     check_delta(config.delta, len(dataset))
     if config.accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {config.accountant!r}")
-    if config.iterations < 1 or config.inner_steps < 1:
-        raise ValueError("iterations and inner steps must be at least 1")
+    if config.iterations < 1 or config.inner_steps < 1 or config.image_steps < 1:
+        raise ValueError("iterations, inner steps and image steps must be at least 1")
     check_private(_network(dataset, config))
 
 
@@ -290,23 +292,27 @@ def distill(
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
         loss_sum = 0.0
         for k in range(config.inner_steps):
-            image_opt.zero_grad(set_to_none=True)
-            for c in range(num_classes):
+            targets, views = [], []
+            for c in range(num_classes):  # the release: one noised class gradient each (the only real-data path)
                 mask = torch.rand(real[c].shape[0], generator=sampling) < mech.sample_rate
                 batch = real[c][mask.to(dev)]
-                syn = synthetic[c * config.ipc : (c + 1) * config.ipc]
-                if augmenter is not None:
-                    params = augmenter.sample(public)
-                    batch, syn = augmenter.apply(batch, params), augmenter.apply(syn, params)
-                target = releaser(batch, c)
-                syn_loss = F.cross_entropy(net(syn), torch.full((config.ipc,), c, device=dev), reduction="sum")
-                syn_grad = torch.autograd.grad(syn_loss, releaser.params, create_graph=True)
-                loss = matching_distance(target, list(syn_grad))
-                torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
-                loss_sum += float(loss.detach())
-            image_opt.step()
-            with torch.no_grad():
-                synthetic.clamp_(-1.0, 1.0)
+                params = augmenter.sample(public) if augmenter is not None else None
+                targets.append(releaser(augmenter.apply(batch, params) if params is not None else batch, c))
+                views.append(params)
+            for _ in range(config.image_steps):  # post-processing: S may chase the released targets several times
+                image_opt.zero_grad(set_to_none=True)
+                for c in range(num_classes):
+                    syn = synthetic[c * config.ipc : (c + 1) * config.ipc]
+                    if views[c] is not None:
+                        syn = augmenter.apply(syn, views[c])  # the same transform the real batch saw
+                    syn_loss = F.cross_entropy(net(syn), torch.full((config.ipc,), c, device=dev), reduction="sum")
+                    syn_grad = torch.autograd.grad(syn_loss, releaser.params, create_graph=True)
+                    loss = matching_distance(targets[c], list(syn_grad))
+                    torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
+                    loss_sum += float(loss.detach()) / config.image_steps
+                image_opt.step()
+                with torch.no_grad():
+                    synthetic.clamp_(-1.0, 1.0)
             if k < config.inner_steps - 1:
                 _train_net_on_synthetic(net, net_opt, synthetic.detach(), labels.to(dev), config.net_steps, augmenter, public)
         releaser.module.disable_hooks()
@@ -321,7 +327,7 @@ def distill(
             on_iteration(done)
     bar.close()
 
-    images = to_pixel_space(synthetic.detach()).clamp(0.0, 1.0).cpu()
+    images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     claim = {
         "format": "fedsynth-claim/1",
         "run_id": run_id,

@@ -1,7 +1,7 @@
 """A site's reply on the wire: Flower records only (numpy arrays without pickle, a JSON string, raw bytes).
 
     RecordDict {
-      "synthetic": ArrayRecord {"images": float32 [N, C, H, W], "labels": int64 [N]},
+      "synthetic": ArrayRecord {"images": uint8 [N, C, H, W] (pixel k ↦ k/255), "labels": int64 [N]},
       "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>,
                                  "run-id": <run signed for>, "nonce": <server nonce signed for>},
       "telemetry": MetricRecord {"seconds", "peak-rss-mb"}   (optional, unsigned, only reported)
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from common.synthetic_set import from_8bit, on_8bit_grid, to_8bit
 from server.validation import Upload
 
 
@@ -25,8 +26,14 @@ class PayloadError(ValueError):
 
 def to_record(images: torch.Tensor, labels: torch.Tensor, claim: dict[str, Any], signature: bytes, site: str,
               run_id: str, nonce: str) -> RecordDict:
-    """`run_id`/`nonce` name the round the site signed for, so a replay is reported as one."""
-    arrays = ArrayRecord({"images": images.detach().cpu().contiguous(), "labels": labels.detach().cpu().contiguous()})
+    """`run_id`/`nonce` name the round the site signed for, so a replay is reported as one.
+
+    Images travel as 8-bit levels; they must already lie on that grid (the engine releases
+    them so), otherwise the signed content hash would not survive the trip.
+    """
+    if not on_8bit_grid(images):
+        raise ValueError("images must be float32 pixels on the 8-bit grid (common.synthetic_set.quantise) to be sent")
+    arrays = ArrayRecord({"images": to_8bit(images).contiguous(), "labels": labels.detach().cpu().contiguous()})
     meta = ConfigRecord({"json": json.dumps(claim, sort_keys=True, allow_nan=False), "signature": signature, "site": site,
                          "run-id": run_id, "nonce": nonce})
     return RecordDict({"synthetic": arrays, "claim": meta})
@@ -73,6 +80,8 @@ def from_record(content: RecordDict) -> Upload:
             tensors[name] = torch.from_numpy(array.numpy().copy())  # numpy.load without pickle
         except Exception as err:  # noqa: BLE001 - any decoding failure is a rejection, not a crash
             raise PayloadError(f"schema: array {name} does not decode ({err.__class__.__name__})") from None
+    if tensors["images"].dtype != torch.uint8:
+        raise PayloadError(f"dtype: images travel as uint8 (8-bit pixels), got {tensors['images'].dtype}")
     try:
         claim = json.loads(str(meta["json"]))
         signature, site = meta["signature"], str(meta["site"])
@@ -81,4 +90,4 @@ def from_record(content: RecordDict) -> Upload:
         raise PayloadError(f"schema: claim record unreadable ({err})") from None
     if not isinstance(claim, dict) or not isinstance(signature, bytes):
         raise PayloadError("schema: claim must be a JSON object and the signature bytes")
-    return Upload(site, tensors["images"], tensors["labels"], claim, signature, signed_round)
+    return Upload(site, from_8bit(tensors["images"]), tensors["labels"], claim, signature, signed_round)

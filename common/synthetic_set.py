@@ -1,7 +1,8 @@
 """A released synthetic set on disk: `synthetic.safetensors` (images, labels), `claim.json`, `synthetic.png`.
 
-Images are float32 pixels in [0, 1], [N, C, H, W]; labels int64 [N]. The claim carries the
-mechanism parameters and the content hash of the tensors, which is what gets signed.
+Images are float32 pixels in [0, 1] on the 8-bit grid (k/255), [N, C, H, W]; labels int64 [N].
+The grid is what lets a site upload one byte per pixel with the hash unchanged. The claim
+carries the mechanism parameters and the content hash of the tensors, which is what gets signed.
 Nothing here unpickles: safetensors and JSON only.
 """
 
@@ -30,6 +31,26 @@ class SyntheticSet:
     @property
     def classes(self) -> list[str]:
         return list(self.claim.get("classes") or [str(c) for c in range(int(self.labels.max()) + 1)])
+
+
+def to_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] → uint8 levels (rounded): the wire form of a set, a quarter of float32's bytes."""
+    return (images.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
+
+def from_8bit(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 levels → float32 pixels k/255; exact inverse of `to_8bit` on grid images."""
+    return levels.to(torch.float32) / 255.0
+
+
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """Snap pixels in [0, 1] to the 8-bit grid: post-processing, so it costs no privacy."""
+    return from_8bit(to_8bit(images.cpu()))
+
+
+def on_8bit_grid(images: torch.Tensor) -> bool:
+    """True when every pixel is exactly some k/255, so the 8-bit wire form loses nothing."""
+    return images.dtype == torch.float32 and torch.equal(quantise(images), images.cpu())
 
 
 def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:

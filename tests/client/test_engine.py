@@ -63,22 +63,44 @@ def test_noise_multiplier_given_directly(tiny_mnist, tmp_path):
     assert claim["epsilon"] == pytest.approx(epsilon_of_history([mech], 1e-5))
 
 
+def test_image_steps_post_process_each_release_without_spending_more(tiny_mnist, tmp_path, monkeypatch):
+    releases = []
+    original = NoisyClassGradient.__call__
+    monkeypatch.setattr(NoisyClassGradient, "__call__", lambda self, x, label: releases.append(label) or original(self, x, label))
+    once = _run(tiny_mnist, tmp_path, "once", noise_multiplier=1.0)
+    made_once = len(releases)
+    thrice = _run(tiny_mnist, tmp_path, "thrice", noise_multiplier=1.0, image_steps=3)
+    assert len(releases) - made_once == made_once == TINY["iterations"] * TINY["inner_steps"] * 10
+    assert thrice.synthetic.claim["steps"] == once.synthetic.claim["steps"]
+    assert thrice.synthetic.claim["epsilon"] == once.synthetic.claim["epsilon"]
+    assert not torch.equal(thrice.synthetic.images, once.synthetic.images)  # the extra updates did move S
+
+
+def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path):
+    from common.synthetic_set import content_hash, on_8bit_grid
+
+    synthetic = _run(tiny_mnist, tmp_path, noise_multiplier=1.0).synthetic
+    assert on_8bit_grid(synthetic.images) and len(torch.unique(synthetic.images)) > 2
+    assert synthetic.claim["sha256"] == content_hash(synthetic.images, synthetic.labels)
+
+
 def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
     gen = torch.Generator().manual_seed(seed)
     return ImageDataset(torch.rand(dataset.images.shape, generator=gen), dataset.labels.clone(), dataset.classes, "x")
 
 
-def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("image_steps", [1, 3])
+def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, image_steps):
     """Blind the one real-data path: the output must then not depend on the records at all."""
     other = _scrambled(tiny_mnist, 1)
-    control_a = _run(tiny_mnist, tmp_path, "ca", noise_multiplier=1.0).synthetic.images
-    control_b = _run(other, tmp_path, "cb", noise_multiplier=1.0).synthetic.images
+    control_a = _run(tiny_mnist, tmp_path, "ca", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
+    control_b = _run(other, tmp_path, "cb", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
     assert not torch.equal(control_a, control_b), "control: the records do shape the set"
 
     original = NoisyClassGradient.__call__
     monkeypatch.setattr(NoisyClassGradient, "__call__", lambda self, x, label: original(self, torch.zeros_like(x), label))
-    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0).synthetic.images
-    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0).synthetic.images
+    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
+    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
     assert torch.equal(blind_a, blind_b)
 
 

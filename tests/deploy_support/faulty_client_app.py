@@ -56,7 +56,7 @@ def misbehave(msg: Message, context: Context) -> Message:
     if fault == "tamper":
         upload = from_record(reply.content)
         images = upload.images.clone()
-        images[0, 0, 0, 0] = 1.0 - images[0, 0, 0, 0]
+        images[0, 0, 0, 0] = (255 - round(float(images[0, 0, 0, 0]) * 255)) / 255  # another 8-bit level
         return Message(to_record(images, upload.labels, upload.claim, upload.signature, upload.site,
                                  *upload.signed_round), reply_to=msg)
     return reply
