@@ -8,6 +8,7 @@ itself is kept under bench/results/sets/. Prints a table with PSG's published fi
     .venv/bin/python bench/distill.py --profile cpu                 # all rows, ≤ 30 min each on 2 cores
     .venv/bin/python bench/distill.py --profile cpu --ipc 10 --epsilon 10
     .venv/bin/python bench/distill.py --profile paper --device cuda # PSG's scale, for a GPU
+    .venv/bin/python bench/distill.py --reevaluate                  # kept sets, today's evaluation protocol
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     started = time.time()
     evaluation = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, seeds,
                                     TrainConfig(epochs=settings["eval_epochs"]), resolve_device(device))
+    eval_seconds = time.time() - started
     claim = result.synthetic.claim
     return {
         "dataset": "fashion-mnist",
@@ -86,7 +88,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "accuracy_std": evaluation["accuracy_std"],
         "accuracies": evaluation["accuracies"],
         "seconds": distill_seconds,
-        "eval_seconds": time.time() - started,
+        "eval_seconds": eval_seconds,
         "iterations_per_second": config.iterations / distill_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "psg_published": PSG_PUBLISHED.get((ipc, epsilon)),
@@ -94,10 +96,29 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "set": f"bench/results/sets/{name}.safetensors",
         "config": claim["config"],
         "eval_epochs": settings["eval_epochs"],
+        "eval_augment": evaluation["train_config"]["augment"],
         "seed": seed,
         "device": device,
         "versions": library_versions(),
     }
+
+
+def reevaluate_row(row: dict, seeds: int, device: str) -> dict:
+    """Train fresh networks on a kept set with today's evaluation protocol; the set and its distillation stay as they were."""
+    from client.engine import resolve_device
+    from common.data import load_fashion_mnist
+    from common.evaluation import TrainConfig, evaluate_synthetic
+    from common.synthetic_set import load_synthetic_set
+
+    synthetic = load_synthetic_set(ROOT / row["set"])
+    started = time.time()
+    evaluation = evaluate_synthetic(synthetic.images, synthetic.labels, load_fashion_mnist(train=False), seeds,
+                                    TrainConfig(epochs=row["eval_epochs"]), resolve_device(device))
+    previous = {key: row.get(key) for key in ("accuracy_mean", "accuracy_std", "accuracies", "eval_augment")}
+    previous["eval_augment"] = True if previous["eval_augment"] is None else previous["eval_augment"]  # rows before the field
+    return {**row, "accuracy_mean": evaluation["accuracy_mean"], "accuracy_std": evaluation["accuracy_std"],
+            "accuracies": evaluation["accuracies"], "eval_seconds": time.time() - started,
+            "eval_augment": evaluation["train_config"]["augment"], "earlier_evaluation": previous}
 
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
@@ -106,13 +127,15 @@ def merge(rows: list[dict], path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| profile | IPC | ε | accuracy % | PSG published | distill time | it/s | peak RSS |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| profile | IPC | ε | accuracy % | same set, DSA in evaluation | PSG published | distill time | it/s | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
+        dsa = r if r.get("eval_augment", True) else (r.get("earlier_evaluation") or {})
+        dsa = f"{100 * dsa['accuracy_mean']:.1f} ± {100 * dsa['accuracy_std']:.1f}" if dsa.get("accuracy_mean") else "—"
         lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
-                     f"| {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
+                     f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
 
@@ -131,6 +154,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     parser.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="re-evaluate the kept sets of the selected rows with the current protocol (no distillation)")
     args = parser.parse_args()
 
     if args.one_row:
@@ -140,6 +165,14 @@ def main() -> int:
 
     if args.readme_only:
         update_readme(json.loads(args.out.read_text())["rows"])
+        return 0
+    if args.reevaluate:
+        wanted = {(ipc, None if math.isinf(eps) else eps) for ipc in args.ipc for eps in args.epsilon}
+        for row in json.loads(args.out.read_text())["rows"]:
+            if row["profile"] == args.profile and (row["ipc"], row["epsilon"]) in wanted:
+                print(f"== re-evaluating {row['set']}", flush=True)
+                update_readme(merge([reevaluate_row(row, args.seeds, args.device)], args.out))
+        print(table([r for r in json.loads(args.out.read_text())["rows"] if r["profile"] == args.profile]))
         return 0
     rows = []
     for ipc in args.ipc:

@@ -70,6 +70,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--augment", action="store_true",
+                   help="train with the distillation's DSA augmentation (off by default: it costs accuracy on DP sets)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
@@ -210,7 +212,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         test = load_dataset(data_dir=args.test_dir, image_size=args.image_size, channels=args.channels)
     else:
         test = load_dataset(args.dataset, train=False, download=args.download)
-    config = TrainConfig(epochs=args.epochs, width=args.width)
+    config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
     result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
                                 resolve_device(args.device), progress=not args.quiet)
     result.update(set=str(args.set), test=test.name, claim=synthetic.claim, versions=library_versions())

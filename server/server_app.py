@@ -122,7 +122,8 @@ def main(grid: Grid, context: Context) -> None:
 
     images = torch.cat([u.images for u in accepted])
     labels = torch.cat([u.labels for u in accepted])
-    train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)))
+    train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
+                               augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
     model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)))
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
