@@ -84,6 +84,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         "peak_rss_mb": max((s["peak_rss_mb"] for s in accepted if "peak_rss_mb" in s), default=None),
         "outputs": f"bench/results/federation/{name}",
         "config": metrics["config"],
+        "server_augment": metrics["train_config"]["augment"],
         "federation_config": federation_config,
         "seed": seed,
         "versions": library_versions(),
@@ -105,21 +106,28 @@ def engine_bench_reference(ipc: int = 10) -> dict[float, str]:
             for r in rows if r["ipc"] == ipc and r.get("profile") == "cpu" and r["epsilon"] is not None}
 
 
+def _server_training(row: dict) -> str:
+    """How the server trained the global model: rows from before `eval-augment` existed used DSA."""
+    return "with DSA" if row.get("server_augment", True) else "no augmentation"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| profile | ε | sites | partition | global accuracy % | vs one site | engine bench, one site | time per site | "
-             "upload per site | peak RSS per site | round wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    reference = {(r.get("profile", "cpu"), r["epsilon"]): r["accuracy_mean"] for r in rows if r["sites"] == 1}
+    lines = ["| profile | ε | sites | partition | global accuracy % | vs one site | engine bench, one site | global model trained "
+             "| time per site | upload per site | peak RSS per site | round wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    # the gap is read only between rounds whose global models were trained the same way
+    reference = {(r.get("profile", "cpu"), r["epsilon"], _server_training(r)): r["accuracy_mean"] for r in rows if r["sites"] == 1}
     engine = engine_bench_reference()
     for r in rows:
         profile = r.get("profile", "cpu")
-        ref = reference.get((profile, r["epsilon"]))
+        ref = reference.get((profile, r["epsilon"], _server_training(r)))
         gap = "—" if ref is None or r["sites"] == 1 else f"{100 * (r['accuracy_mean'] - ref):+.1f}"
         part = r["partition"] + (f" α={r['alpha']:g}" if r.get("alpha") is not None else "")
         per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
         lines.append(f"| {profile} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
-                     f"| {engine.get(r['epsilon'], '—') if profile == 'cpu' else '—'} | {per_site} "
+                     f"| {engine.get(r['epsilon'], '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     return "\n".join(lines)
 
