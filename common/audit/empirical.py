@@ -148,7 +148,7 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
     order = torch.argsort(score, descending=True)
     correct = int(included[order[:k]].sum()) + int((~included[order[-k:]]).sum())
     model = train_classifier(synthetic.images, synthetic.labels, canaries.num_classes,
-                             TrainConfig(epochs=eval_epochs, width=64), seed=seed,
+                             TrainConfig(epochs=eval_epochs, width=64, augment=True), seed=seed,  # as bench/audit.json measured
                              device=resolve_device(device)).cpu()
     auc, tpr = loss_attack(model, canaries.images, canaries.labels, included)
     return CanaryAudit(synthetic.claim.get("epsilon"), epsilon_lower_bound(correct, 2 * k), len(included),
