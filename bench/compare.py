@@ -211,9 +211,14 @@ def plots(rows: list[dict], folder: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in METHODS:
-        pts = [(max(r["bytes_total"], 1) / 2**20, 100 * r["accuracy_mean"]) for r in rows if r["method"] == method]
-        if pts:
+        pts = [(r["bytes_total"] / 2**20, 100 * r["accuracy_mean"]) for r in rows if r["method"] == method]
+        if pts and all(b > 0 for b, _ in pts):
             ax.scatter(*zip(*pts), label=method)
+            for (b, a), r in zip(pts, [r for r in rows if r["method"] == method]):
+                ax.annotate("no DP" if r["epsilon"] is None else f"ε={r['epsilon']:g}", (b, a), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+        elif pts:  # one party with all the data sends nothing: a reference level, not a point on a log axis
+            ax.axhline(max(a for _, a in pts), linestyle=":", color="grey", label=f"{method} (sends nothing)")
     ax.set_xscale("log")
     ax.set_xlabel("bytes sent by all sites, MiB (log)")
     ax.set_ylabel("test accuracy %")
