@@ -114,11 +114,20 @@ def reevaluate_row(row: dict, seeds: int, device: str) -> dict:
     started = time.time()
     evaluation = evaluate_synthetic(synthetic.images, synthetic.labels, load_fashion_mnist(train=False), seeds,
                                     TrainConfig(epochs=row["eval_epochs"]), resolve_device(device))
-    previous = {key: row.get(key) for key in ("accuracy_mean", "accuracy_std", "accuracies", "eval_augment")}
-    previous["eval_augment"] = True if previous["eval_augment"] is None else previous["eval_augment"]  # rows before the field
+    previous = {key: row.get(key) for key in ("accuracy_mean", "accuracy_std", "accuracies")}
+    previous["eval_augment"] = row.get("eval_augment") is not False  # rows from before the field used DSA
     return {**row, "accuracy_mean": evaluation["accuracy_mean"], "accuracy_std": evaluation["accuracy_std"],
             "accuracies": evaluation["accuracies"], "eval_seconds": time.time() - started,
             "eval_augment": evaluation["train_config"]["augment"], "earlier_evaluation": previous}
+
+
+def scores_by_protocol(row: dict) -> dict[bool, dict]:
+    """A row's scores keyed by "evaluation trained with DSA?" (rows from before `eval_augment` existed used DSA)."""
+    found = {}
+    for score in (row, row.get("earlier_evaluation") or {}):
+        if score.get("accuracy_mean") is not None:
+            found[score.get("eval_augment") is not False] = score
+    return found
 
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
@@ -132,8 +141,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
-        dsa = r if r.get("eval_augment", True) else (r.get("earlier_evaluation") or {})
-        dsa = f"{100 * dsa['accuracy_mean']:.1f} ± {100 * dsa['accuracy_std']:.1f}" if dsa.get("accuracy_mean") else "—"
+        dsa = scores_by_protocol(r).get(True)
+        dsa = "—" if dsa is None else f"{100 * dsa['accuracy_mean']:.1f} ± {100 * dsa['accuracy_std']:.1f}"
         lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
                      f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)

@@ -101,20 +101,21 @@ def merge(rows: list[dict], path: Path) -> list[dict]:
 
 def engine_bench_reference(ipc: int = 10) -> dict[tuple[float, bool], str]:
     """bench/distill.py's one-site, all-data result per (ε, evaluation with DSA?) (its longer `cpu` profile)."""
-    found = {}
-    for r in read_rows(RESULTS / "distill.json"):
-        if r["ipc"] != ipc or r.get("profile") != "cpu" or r["epsilon"] is None:
-            continue
-        for score in (r, r.get("earlier_evaluation") or {}):
-            if score.get("accuracy_mean") is not None:
-                augment = score.get("eval_augment", True) is not False
-                found[(r["epsilon"], augment)] = f"{100 * score['accuracy_mean']:.1f} ± {100 * score['accuracy_std']:.1f}"
-    return found
+    from bench.distill import scores_by_protocol
+
+    return {(r["epsilon"], with_dsa): f"{100 * score['accuracy_mean']:.1f} ± {100 * score['accuracy_std']:.1f}"
+            for r in read_rows(RESULTS / "distill.json")
+            if r["ipc"] == ipc and r.get("profile") == "cpu" and r["epsilon"] is not None
+            for with_dsa, score in scores_by_protocol(r).items()}
+
+
+def _server_used_dsa(row: dict) -> bool:
+    """Rows from before `eval-augment` existed trained the global model with DSA."""
+    return row.get("server_augment", True)
 
 
 def _server_training(row: dict) -> str:
-    """How the server trained the global model: rows from before `eval-augment` existed used DSA."""
-    return "with DSA" if row.get("server_augment", True) else "no augmentation"
+    return "with DSA" if _server_used_dsa(row) else "no augmentation"
 
 
 def table(rows: list[dict]) -> str:
@@ -133,7 +134,7 @@ def table(rows: list[dict]) -> str:
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
         lines.append(f"| {profile} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
-                     f"| {engine.get((r['epsilon'], r.get('server_augment', True)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
+                     f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     return "\n".join(lines)
 
