@@ -125,7 +125,7 @@ def run_central(epsilon: float, seed: int) -> dict:
     plan = plan_dp_sgd(len(train), c["batch_size"], c["epochs"], 1, epsilon, 1e-5, c["clip_norm"])
     started = time.time()
     model, _, spent = train_locally(ConvNet(1, 10, 28, c["width"], norm="groupnorm"), train, plan, c["batch_size"],
-                                    c["epochs"], c["lr"], seed)
+                                    c["epochs"], c["lr"], seed, progress=True)
     return {"method": "central" if math.isinf(epsilon) else "central-dpsgd", "accuracy_mean": accuracy(model, test),
             "rounds": 0, "bytes_total": 0, "seconds": time.time() - started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

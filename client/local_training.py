@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
 
 from common.data import ImageDataset, to_model_space
 from common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
@@ -52,7 +53,8 @@ def plan_dp_sgd(num_records: int, batch_size: int, epochs: int, rounds: int, eps
 
 
 def train_locally(model: torch.nn.Module, data: ImageDataset, plan: DpSgdPlan, batch_size: int, epochs: int,
-                  lr: float, seed: int, device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, int, float]:
+                  lr: float, seed: int, device: torch.device = torch.device("cpu"),
+                  progress: bool = False) -> tuple[torch.nn.Module, int, float]:
     """One round at one site: `epochs` epochs of DP-SGD (σ > 0) or SGD. Returns the model, the steps taken and
     the ε of this round alone by Opacus' own accountant (what its PrivacyEngine saw; ∞ without DP)."""
     torch.manual_seed(seed)
@@ -68,6 +70,8 @@ def train_locally(model: torch.nn.Module, data: ImageDataset, plan: DpSgdPlan, b
                                                        noise_multiplier=plan.noise_multiplier,
                                                        max_grad_norm=plan.clip_norm, poisson_sampling=True)
     steps = 0
+    bar = tqdm(total=epochs * len(loader), desc="DP-SGD" if plan.noise_multiplier > 0 else "SGD", unit="step",
+               disable=not progress)
     for _ in range(epochs):
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -75,6 +79,8 @@ def train_locally(model: torch.nn.Module, data: ImageDataset, plan: DpSgdPlan, b
             F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             optimizer.step()
             steps += 1
+            bar.update()
+    bar.close()
     if plan.noise_multiplier == 0:
         return model.eval(), steps, math.inf
     round_epsilon = engine.accountant.get_epsilon(plan.delta)
