@@ -87,8 +87,8 @@ def table(rows: list[dict]) -> str:
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         lines.append(f"\nFrom {a['sites']} to {b['sites']} sites: "
-                     f"+{(b['seconds'] - a['seconds']) / (b['sites'] - a['sites']):.1f} s and "
-                     f"+{(b['peak_rss_mb'] - a['peak_rss_mb']) / (b['sites'] - a['sites']):.1f} MB per added site.")
+                     f"{(b['seconds'] - a['seconds']) / (b['sites'] - a['sites']):+.1f} s and "
+                     f"{(b['peak_rss_mb'] - a['peak_rss_mb']) / (b['sites'] - a['sites']):+.1f} MB per added site.")
     return "\n".join(lines)
 
 
