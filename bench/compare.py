@@ -13,6 +13,7 @@ central rows in this process. Writes the JSON, `accuracy_vs_epsilon.png` and
 `bytes_vs_accuracy.png`, prints the table and regenerates the README's block.
 
     .venv/bin/python bench/compare.py --epsilon 1 10 --methods fedsynth dp-fedavg   # a few rows
+    .venv/bin/python bench/compare.py --epsilon 10 --methods dp-fedavg --seeds 0 1 --add-seeds  # one more seed
     .venv/bin/python bench/compare.py                                               # every row (hours on 2 cores)
     .venv/bin/python bench/compare.py --readme-only                                 # tables and plots from the JSON
 """
@@ -133,12 +134,18 @@ def run_central(epsilon: float, seed: int) -> dict:
 
 
 def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: float, seeds: list[int],
-            reuse_federation: bool = True) -> dict:
-    """Every seed of one method at one (partition, ε); accuracy as mean ± std over the seeds."""
+            reuse_federation: bool = True, earlier: dict | None = None) -> dict:
+    """Every seed of one method at one (partition, ε); accuracy as mean ± std over the seeds.
+
+    With `earlier` (this row as measured before), its seeds are kept as they were and only the
+    others run: adding a seed costs one run, not a re-run of all of them.
+    """
     from common.versions import library_versions
 
+    kept = dict(zip(earlier["seeds"], earlier["accuracies"])) if earlier else {}
+    to_run = [s for s in seeds if s not in kept]
     runs = []
-    for seed in seeds:
+    for seed in to_run:
         if method in ("fedsynth", "distill-nodp"):
             measured = from_federation_bench(sites, partition, alpha, epsilon, seed) if reuse_federation else None
             runs.append(measured or run_fedsynth(sites, partition, alpha, epsilon, seed))
@@ -146,13 +153,20 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
             runs.append(run_fedavg(sites, partition, alpha, epsilon, seed))
         else:
             runs.append(run_central(epsilon, seed))
-    accuracies = [r["accuracy_mean"] for r in runs]
+    if not runs:
+        return earlier
+    scores = {**kept, **{seed: r["accuracy_mean"] for seed, r in zip(to_run, runs)}}
+    all_seeds = sorted(scores)
+    accuracies = [scores[s] for s in all_seeds]
+    # the earlier row keeps only its mean time and its peak: weight them by its seeds
+    seconds = [r["seconds"] for r in runs] + ([earlier["seconds"]] * len(kept) if kept else [])
+    peak = max([r["peak_rss_mb"] for r in runs] + ([earlier["peak_rss_mb"]] if kept else []))
     central = method.startswith("central")
     return {**runs[-1], "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
             "partition": "central" if central else partition, "alpha": alpha if partition == "dirichlet" else None,
             "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
-            "seconds": statistics.fmean(r["seconds"] for r in runs), "seeds": seeds,
+            "seconds": statistics.fmean(seconds), "seeds": all_seeds, "peak_rss_mb": peak,
             "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
             "settings": CENTRAL if central else FEDAVG if "fedavg" in method else "pyproject [tool.flwr.app.config]",
             "versions": library_versions()}
@@ -245,6 +259,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate tables and plots from the JSON")
+    parser.add_argument("--add-seeds", action="store_true",
+                        help="keep each row's measured seeds and run only the --seeds it lacks")
     parser.add_argument("--rerun-fedsynth", action="store_true",
                         help="run fedsynth rows even when bench/federation.py already measured the same round")
     parser.add_argument("--smoke", action="store_true", help="tiny settings on the MNIST subset (give --out elsewhere)")
@@ -263,8 +279,11 @@ def main() -> int:
             partitions = ["central"] if method.startswith("central") else args.partition
             for partition in partitions:
                 for epsilon in epsilons:
+                    probe = {"method": method, "partition": "central" if method.startswith("central") else partition,
+                             "epsilon": None if math.isinf(epsilon) else epsilon}
+                    earlier = next((r for r in rows if _key(r) == _key(probe)), None) if args.add_seeds else None
                     row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds,
-                                  reuse_federation=not args.rerun_fedsynth)
+                                  reuse_federation=not args.rerun_fedsynth, earlier=earlier)
                     rows = merge([row], args.out)
                     print(table(rows), flush=True)
     if rows:
