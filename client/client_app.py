@@ -89,6 +89,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     config = DistillConfig(
         ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
         iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
+        batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
         width=int(request.get("width", DistillConfig.width)), seed=int(request.get("seed", 0)),
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all

@@ -24,7 +24,7 @@ from server.validation import UploadPolicy, Verdict, check_upload
 
 app = ServerApp()
 
-REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "width", "lr-images", "partition",
+REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "partition",
                 "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 
 

@@ -51,8 +51,8 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     before = _leftovers()
 
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 4, TINY + f' min-sites=2 expected-sites=4 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
-                        f'sites-dir="{home}"',
+    rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 min-sites=2 expected-sites=4 output-dir="{out}" '
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{home}"',
                         timeout=900)
     assert rc == 0
     for name in ARTIFACTS:
@@ -63,6 +63,9 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     assert not by_site["site-1"]["accepted"] and "budget exhausted" in by_site["site-1"]["reason"]
     assert sum(1 for s in metrics["sites"] if not s["accepted"] and "site error" in s["reason"]) == 1  # site-2
     assert by_site["site-0"]["epsilon"] <= 8.0 and by_site["site-0"]["delta"] == 1e-5
+    # the run config's batch-per-class reaches the site: q = 48 × 10 classes / 1,000 records (a quarter of
+    # the subset's 4,000 training images); the default 64 would give 0.64
+    assert by_site["site-0"]["sample_rate"] == pytest.approx(480 / 1000, rel=0.05)
     assert metrics["accuracy"] > 0.2  # chance is 0.1
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
