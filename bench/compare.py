@@ -75,7 +75,10 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
 
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
-ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "width", "lr-images", "eval-epochs", "eval-width")
+ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "eval-epochs",
+               "eval-width")
+# Keys added after some rows were measured, with the value those rows ran with.
+ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0}
 
 
 def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict | None:
@@ -90,7 +93,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
         config = row["config"]
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
                 and row["seed"] == seed and (partition != "dirichlet" or row["alpha"] == alpha)
-                and row["dataset"] == DATASET["name"] and all(config.get(k) == defaults[k] for k in ENGINE_KEYS)):
+                and row["dataset"] == DATASET["name"] and all(config.get(k, ENGINE_KEYS_BEFORE.get(k)) == defaults[k] for k in ENGINE_KEYS)):
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
