@@ -282,8 +282,7 @@ def main() -> int:
             partitions = ["central"] if method.startswith("central") else args.partition
             for partition in partitions:
                 for epsilon in epsilons:
-                    probe = {"method": method, "partition": "central" if method.startswith("central") else partition,
-                             "epsilon": None if math.isinf(epsilon) else epsilon}
+                    probe = {"method": method, "partition": partition, "epsilon": None if math.isinf(epsilon) else epsilon}
                     earlier = next((r for r in rows if _key(r) == _key(probe)), None) if args.add_seeds else None
                     row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds,
                                   reuse_federation=not args.rerun_fedsynth, earlier=earlier)

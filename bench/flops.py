@@ -81,7 +81,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         share = "—" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f} %"
-        lines.append(f"| {r['profile']} | {r.get('epsilon', 10.0):g} | {r['device']} | {r['flops_per_iteration'] / 1e9:.1f} | "
+        lines.append(f"| {r['profile']} | {r['epsilon']:g} | {r['device']} | {r['flops_per_iteration'] / 1e9:.1f} | "
                      f"{r['iterations_per_second']:.2f} | {r['achieved_tflops']:.3f} | {share} |")
     return "\n".join(lines)
 
@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "flops.json")
     args = parser.parse_args()
     row = measure(args.profile, args.device, args.iterations, args.epsilon)
-    rows = merge_rows(args.out, "flops", [row], lambda r: (r["profile"], r.get("epsilon", 10.0), r["device"]))
+    rows = merge_rows(args.out, "flops", [row], lambda r: (r["profile"], r["epsilon"], r["device"]))
     print(table(rows))
     return 0
 

@@ -24,8 +24,8 @@ from server.validation import UploadPolicy, Verdict, check_upload
 
 app = ServerApp()
 
-REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "partition",
-                "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
+REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
+                "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
