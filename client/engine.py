@@ -285,7 +285,7 @@ def distill(
         sampling = _generator(secret + 7919 * t)
         noise = _generator(secret + 7919 * t + 1, dev)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed * 1_000_003 + t + 1)
+            torch.manual_seed((config.seed * 1_000_003 + t + 1) % (2**63))
             net = _network(dataset, config)
         net = net.to(dev)
         releaser = NoisyClassGradient(net, mech.clip_norm, mech.noise_multiplier, noise)

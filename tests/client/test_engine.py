@@ -201,3 +201,10 @@ def test_federated_site_distils_sparse_and_missing_classes_from_noise(tiny_mnist
     result = _run(sparse, tmp_path, ipc=2, every_class_populated=False, epsilon=5.0)
     assert result.synthetic.labels.tolist() == [c for c in range(10) for _ in range(2)]  # nothing revealed by omission
     assert torch.isfinite(result.synthetic.images).all()
+
+
+@pytest.mark.parametrize("seed", [2**62, -5])
+def test_any_integer_seed_runs(tiny_mnist, tmp_path, seed):
+    """A large or negative public seed must not crash the run after its budget was recorded."""
+    result = _run(tiny_mnist, tmp_path, noise_multiplier=1.0, seed=seed)
+    assert result.synthetic.claim["seed"] == seed
