@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, read_rows, update_readme_block  # noqa: E402
+from bench.results_io import merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fedsynth", "distill-nodp", "dp-fedavg", "fedavg", "central-dpsgd", "central")
@@ -71,7 +71,8 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
     return {"method": "fedsynth" if math.isfinite(epsilon) else "distill-nodp", "accuracy_mean": m["accuracy"],
             "rounds": 1, "bytes_total": sum(s["upload_bytes"] for s in accepted), "seconds": m["wall_seconds"],
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
-            "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted)}
+            "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
+            "site_seeding": site_seeding(m["sites"])}
 
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
@@ -93,10 +94,12 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
         config = row["config"]
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
                 and row["seed"] == seed and (partition != "dirichlet" or row["alpha"] == alpha)
-                and row["dataset"] == DATASET["name"] and all(config.get(k, ENGINE_KEYS_BEFORE.get(k)) == defaults[k] for k in ENGINE_KEYS)):
+                and row["dataset"] == DATASET["name"] and row.get("site_seeding") == "per-site"
+                and all(config.get(k, ENGINE_KEYS_BEFORE.get(k)) == defaults[k] for k in ENGINE_KEYS)):
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
+                    "site_seeding": row["site_seeding"],
                     "source": f"bench/federation.py ({row['outputs']})"}
     return None
 
@@ -145,6 +148,9 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     """
     from common.versions import library_versions
 
+    if earlier and method in ("fedsynth", "distill-nodp") and earlier.get("site_seeding") != "per-site":
+        raise SystemExit(f"{method} at ε={epsilon}: the row's seeds ran with one seed shared by all sites, "
+                         "today's sites seed their own runs; measure the row afresh (without --add-seeds)")
     kept = dict(zip(earlier["seeds"], earlier["accuracies"])) if earlier else {}
     to_run = [s for s in seeds if s not in kept]
     runs = []
@@ -183,15 +189,24 @@ def merge(rows: list[dict], path: Path) -> list[dict]:
     return merge_rows(path, "compare", rows, _key)
 
 
+def _shared_seed(row: dict) -> bool:
+    """A fedsynth round measured when every site distilled from the same public seed (rows then had no mark)."""
+    return row["method"] in ("fedsynth", "distill-nodp") and row.get("site_seeding", "shared") == "shared"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| method | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
         acc = f"{100 * r['accuracy_mean']:.1f}" + ("" if r["accuracy_std"] is None else f" ± {100 * r['accuracy_std']:.1f}")
-        lines.append(f"| {r['method']} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
+        method = r["method"] + (" ¹" if _shared_seed(r) else "")
+        lines.append(f"| {method} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
+    if any(_shared_seed(r) for r in rows):
+        lines.append("\n¹ measured before each site seeded its own run (all sites shared one public seed, "
+                     "so their initial images and network draws were the same).")
     return "\n".join(lines)
 
 

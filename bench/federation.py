@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, read_rows, update_readme_block  # noqa: E402
+from bench.results_io import merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
@@ -76,6 +76,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         "alpha": alpha if partition == "dirichlet" and sites > 1 else None,
         "sites": sites,
         "sites_accepted": len(accepted),
+        "site_seeding": site_seeding(metrics["sites"]),
         "epsilon": epsilon,
         "max_site_epsilon": metrics.get("max_site_epsilon"),
         "delta": metrics["config"]["delta"],
@@ -135,12 +136,16 @@ def table(rows: list[dict]) -> str:
         ref = reference.get((profile, r["epsilon"], _server_training(r)))
         gap = "—" if ref is None or r["sites"] == 1 else f"{100 * (r['accuracy_mean'] - ref):+.1f}"
         part = r["partition"] + (f" α={r['alpha']:g}" if r.get("alpha") is not None else "")
+        part += " ¹" if r["sites"] > 1 and r.get("site_seeding", "shared") == "shared" else ""
         per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
         lines.append(f"| {profile} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
                      f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
+    if any(r["sites"] > 1 and r.get("site_seeding", "shared") == "shared" for r in rows):
+        lines.append("\n¹ measured before each site seeded its own run (all sites shared one public seed, "
+                     "so their initial images and network draws were the same).")
     return "\n".join(lines)
 
 

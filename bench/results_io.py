@@ -23,6 +23,13 @@ def merge_rows(path: Path, benchmark: str, rows: list[dict], key: Callable[[dict
     return merged
 
 
+def site_seeding(sites: list[dict]) -> str:
+    """How a federated round's accepted sites seeded their runs: "per-site" (each its own public seed, from
+    the round's seed and its name) or "shared" (one seed for all: rounds measured before that change)."""
+    seeds = [s.get("seed") for s in sites if s.get("accepted")]
+    return "per-site" if seeds and None not in seeds and len(set(seeds)) == len(seeds) else "shared"
+
+
 def read_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 

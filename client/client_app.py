@@ -7,6 +7,7 @@ are (in simulation: `partition-id`/`num-partitions` of a built-in dataset).
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import time
 from pathlib import Path
@@ -30,6 +31,17 @@ def _site_name(node: dict, context: Context) -> str:
     if "partition-id" in node:
         return f"site-{int(node['partition-id'])}"
     return f"node-{context.node_id}"
+
+
+def site_seed(round_seed: int, site: str) -> int:
+    """This site's public seed: the round's seed mixed with the site's name.
+
+    It drives the initial images and the network draws. One seed shared by every site made
+    sites with similar data distil near-copies of one set, so the pool held little more than
+    one site's worth of images. Public, like the round's seed: it is in the signed claim.
+    """
+    digest = hashlib.sha256(f"fedsynth-site-seed/{round_seed}/{site}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1  # 31 bits: any seed the CLI takes
 
 
 def _site_data(node: dict, request: dict) -> ImageDataset:
@@ -90,7 +102,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
         iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
         batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
-        width=int(request.get("width", DistillConfig.width)), seed=int(request.get("seed", 0)),
+        width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )

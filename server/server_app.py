@@ -26,6 +26,8 @@ app = ServerApp()
 
 REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
                 "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
+# what the per-site table keeps from each claim: the mechanism, and the site's public seed to reproduce its run
+CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed")
 
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
@@ -97,7 +99,7 @@ def main(grid: Grid, context: Context) -> None:
                 upload = from_record(reply.content)
                 row["site"] = upload.site
                 row.update(upload_bytes=payload_bytes(reply.content), **read_telemetry(reply.content))
-                row.update({k: upload.claim.get(k) for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant")})
+                row.update({k: upload.claim.get(k) for k in CLAIM_COLUMNS})
                 if upload.site in seen:
                     verdict = Verdict.reject("duplicate: this site already replied")
                 else:
