@@ -36,9 +36,10 @@ def _site_name(node: dict, context: Context) -> str:
 def site_seed(round_seed: int, site: str) -> int:
     """This site's public seed: the round's seed mixed with the site's name.
 
-    It drives the initial images and the network draws. One seed shared by every site made
-    sites with similar data distil near-copies of one set, so the pool held little more than
-    one site's worth of images. Public, like the round's seed: it is in the signed claim.
+    It drives the initial images and the network draws. With one seed shared by every site,
+    the same image slot at two IID sites correlated 0.63 (0.26 with their own seeds, as much
+    as two images of one class at one site): the pool repeated itself. Public, like the
+    round's seed: it is in the signed claim.
     """
     digest = hashlib.sha256(f"fedsynth-site-seed/{round_seed}/{site}".encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 1  # 31 bits: any seed the CLI takes
