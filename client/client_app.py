@@ -42,7 +42,7 @@ def site_seed(round_seed: int, site: str) -> int:
     round's seed: it is in the signed claim.
     """
     digest = hashlib.sha256(f"fedsynth-site-seed/{round_seed}/{site}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1  # 31 bits: any seed the CLI takes
+    return int.from_bytes(digest[:4], "little") >> 1  # a non-negative 31-bit int
 
 
 def _site_data(node: dict, request: dict) -> ImageDataset:
