@@ -281,11 +281,12 @@ def distill(
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc="distilling", unit="it", dynamic_ncols=True)
     for t in bar:
-        public = _generator(config.seed * 1_000_003 + t + 1)
+        draw_seed = (config.seed * 1_000_003 + t + 1) % (2**63)  # public: this iteration's network and views
+        public = _generator(draw_seed)
         sampling = _generator(secret + 7919 * t)
         noise = _generator(secret + 7919 * t + 1, dev)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((config.seed * 1_000_003 + t + 1) % (2**63))
+            torch.manual_seed(draw_seed)
             net = _network(dataset, config)
         net = net.to(dev)
         releaser = NoisyClassGradient(net, mech.clip_norm, mech.noise_multiplier, noise)
