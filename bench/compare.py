@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
+from bench.results_io import SHARED_SEED_NOTE, merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fedsynth", "distill-nodp", "dp-fedavg", "fedavg", "central-dpsgd", "central")
@@ -205,8 +205,7 @@ def table(rows: list[dict]) -> str:
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
     if any(_shared_seed(r) for r in rows):
-        lines.append("\n¹ measured before each site seeded its own run (all sites shared one public seed, "
-                     "so their initial images and network draws were the same).")
+        lines.append(SHARED_SEED_NOTE)
     return "\n".join(lines)
 
 

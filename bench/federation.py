@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
+from bench.results_io import SHARED_SEED_NOTE, merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
@@ -147,8 +147,7 @@ def table(rows: list[dict]) -> str:
                      f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     if any(r["sites"] > 1 and r.get("site_seeding", "shared") == "shared" for r in rows):
-        lines.append("\n¹ measured before each site seeded its own run (all sites shared one public seed, "
-                     "so their initial images and network draws were the same).")
+        lines.append(SHARED_SEED_NOTE)
     return "\n".join(lines)
 
 

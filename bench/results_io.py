@@ -23,6 +23,10 @@ def merge_rows(path: Path, benchmark: str, rows: list[dict], key: Callable[[dict
     return merged
 
 
+SHARED_SEED_NOTE = ("\n¹ measured before each site seeded its own run (all sites shared one public seed, "
+                    "so their initial images and network draws were the same).")
+
+
 def site_seeding(sites: list[dict]) -> str:
     """How a federated round's accepted sites seeded their runs: "per-site" (each its own public seed, from
     the round's seed and its name) or "shared" (one seed for all: rounds measured before that change)."""
