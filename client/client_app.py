@@ -45,6 +45,18 @@ def site_seed(round_seed: int, site: str) -> int:
     return int.from_bytes(digest[:4], "little") >> 1  # a non-negative 31-bit int
 
 
+def distill_config(request: dict, site: str) -> DistillConfig:
+    """The engine settings a site uses for the server's request (the run config's engine keys)."""
+    return DistillConfig(
+        ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
+        iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
+        batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
+        width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
+        lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
+        every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
+    )
+
+
 def _site_data(node: dict, request: dict) -> ImageDataset:
     """The site's own folder in deployment; its partition of a built-in dataset in simulation."""
     if node.get("data-dir"):
@@ -99,14 +111,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
     request = dict(msg.content["request"])
     node = dict(context.node_config)
     site = _site_name(node, context)
-    config = DistillConfig(
-        ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
-        iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
-        batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
-        width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
-        lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
-        every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
-    )
+    config = distill_config(request, site)
     started = time.monotonic()
     try:
         home, ledger_path, key_path = _site_paths(node, request, site)
