@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import SHARED_SEED_NOTE, merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
+from bench.results_io import (SHARED_SEED_NOTE, app_run_config, merge_rows, percent, read_rows, site_seeding,  # noqa: E402
+                              update_readme_block)
 
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fedsynth", "distill-nodp", "dp-fedavg", "fedavg", "central-dpsgd", "central")
@@ -85,11 +86,9 @@ ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0}
 def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict | None:
     """The same round already measured by bench/federation.py (same sites, partition, ε, seed and engine
     settings as today's defaults), as a compare row; None when there is none. Saves a ~30-minute rerun."""
-    import tomllib
-
     if math.isinf(epsilon) or DATASET["extra"]:
         return None
-    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = app_run_config()
     for row in read_rows(RESULTS / "federation.json"):
         config = row["config"]
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
@@ -199,7 +198,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        acc = f"{100 * r['accuracy_mean']:.1f}" + ("" if r["accuracy_std"] is None else f" ± {100 * r['accuracy_std']:.1f}")
+        acc = percent(r["accuracy_mean"], r["accuracy_std"])
         method = r["method"] + (" ¹" if _shared_seed(r) else "")
         lines.append(f"| {method} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
@@ -211,8 +210,7 @@ def table(rows: list[dict]) -> str:
 
 def _score(row: dict) -> str:
     """Mean ± std in %, with the number of seeds behind it."""
-    spread = "" if row["accuracy_std"] is None else f" ± {100 * row['accuracy_std']:.1f}"
-    return f"{100 * row['accuracy_mean']:.1f}{spread} ({len(row['seeds'])})"
+    return f"{percent(row['accuracy_mean'], row['accuracy_std'])} ({len(row['seeds'])})"
 
 
 def versus(rows: list[dict]) -> str:

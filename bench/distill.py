@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, update_readme_block  # noqa: E402
+from bench.results_io import merge_rows, percent, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SETS = RESULTS / "sets"
@@ -151,8 +151,8 @@ def table(rows: list[dict]) -> str:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
         dsa = scores_by_protocol(r).get(True)
-        dsa = "—" if dsa is None else f"{100 * dsa['accuracy_mean']:.1f} ± {100 * dsa['accuracy_std']:.1f}"
-        lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
+        dsa = "—" if dsa is None else percent(dsa["accuracy_mean"], dsa["accuracy_std"])
+        lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
                      f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 

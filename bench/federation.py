@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import SHARED_SEED_NOTE, merge_rows, read_rows, site_seeding, update_readme_block  # noqa: E402
+from bench.results_io import SHARED_SEED_NOTE, merge_rows, percent, read_rows, site_seeding, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
@@ -112,7 +112,7 @@ def engine_bench_reference(ipc: int = 10) -> dict[tuple[float, bool], str]:
     """bench/distill.py's one-site, all-data result per (ε, evaluation with DSA?) (its longer `cpu` profile)."""
     from bench.distill import scores_by_protocol
 
-    return {(r["epsilon"], with_dsa): f"{100 * score['accuracy_mean']:.1f} ± {100 * score['accuracy_std']:.1f}"
+    return {(r["epsilon"], with_dsa): percent(score["accuracy_mean"], score["accuracy_std"])
             for r in read_rows(RESULTS / "distill.json")
             if r["ipc"] == ipc and r.get("profile") == "cpu" and r["epsilon"] is not None
             for with_dsa, score in scores_by_protocol(r).items()}

@@ -1,4 +1,4 @@
-"""What every benchmark does with its results: merge rows into its JSON file, regenerate its README block."""
+"""What the benchmarks share: merge rows into a JSON file, format scores, regenerate a README block, read the app's settings."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def site_seeding(sites: list[dict]) -> str:
     the round's seed and its name) or "shared" (one seed for all: rounds measured before that change)."""
     seeds = [s.get("seed") for s in sites if s.get("accepted")]
     return "per-site" if seeds and None not in seeds and len(set(seeds)) == len(seeds) else "shared"
+
+
+def percent(mean: float, std: float | None = None) -> str:
+    """An accuracy (fraction) as "71.0 ± 0.4" in %; the spread left off where there is none (one seed)."""
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def app_run_config() -> dict[str, Any]:
+    """The app's default run config, `[tool.flwr.app.config]` in pyproject.toml: what a simulated round sends."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
 def read_rows(path: Path) -> list[dict]:

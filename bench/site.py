@@ -27,20 +27,18 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows  # noqa: E402
+from bench.results_io import app_run_config, merge_rows, percent  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
 def app_request(epsilon: float, seed: int) -> dict:
     """The run config a simulated round would send its sites, at this ε and seed."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    return {**config, "epsilon": epsilon, "seed": seed}
+    return {**app_run_config(), "epsilon": epsilon, "seed": seed}
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -111,9 +109,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
-        spread = "" if r["accuracy_std"] is None else f" ± {100 * r['accuracy_std']:.1f}"
         lines.append(f"| {r['partition']} | {r['site']}/{r['sites']} | {r['records']} | {eps} | {changes} | "
-                     f"{r['noise_multiplier']:.3g} | {100 * r['accuracy_mean']:.1f}{spread} ({len(r['runs'])}) | "
+                     f"{r['noise_multiplier']:.3g} | {percent(r['accuracy_mean'], r['accuracy_std'])} ({len(r['runs'])}) | "
                      f"{r['seconds']:.0f} s |")
     return "\n".join(lines)
 
