@@ -57,8 +57,20 @@ def _row_key(row: dict) -> tuple:
     return (row["dataset"], row["profile"], row["ipc"], row["epsilon"])
 
 
-def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, seed: int) -> dict:
-    """Distil and evaluate one configuration in this process; return its result row."""
+def profile_label(profile: str, iterations: int | None, epsilon: float) -> str:
+    """The row's profile name: the profile's own, or e.g. `paper-300it` when a shorter run was asked for."""
+    if iterations is None or iterations == distill_settings(profile, epsilon)["iterations"]:
+        return profile
+    return f"{profile}-{iterations}it"
+
+
+def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, seed: int,
+            iterations: int | None = None) -> dict:
+    """Distil and evaluate one configuration in this process; return its result row.
+
+    `iterations` shortens (or lengthens) the profile's run, e.g. to fit a lent GPU's time;
+    σ is calibrated for the count actually run, and the row is labelled apart (`profile_label`).
+    """
     from client.engine import DistillConfig, distill, resolve_device
     from common.data import load_fashion_mnist
     from common.evaluation import TrainConfig, evaluate_synthetic
@@ -67,14 +79,16 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     from common.versions import library_versions
 
     settings = PROFILES[profile]
-    config = DistillConfig(ipc=ipc, epsilon=epsilon, delta=1e-5, seed=seed, **distill_settings(profile, epsilon))
+    fields = {**distill_settings(profile, epsilon), **({"iterations": iterations} if iterations else {})}
+    config = DistillConfig(ipc=ipc, epsilon=epsilon, delta=1e-5, seed=seed, **fields)
+    label = profile_label(profile, iterations, epsilon)
     train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger.open(Path(tmp) / "ledger.jsonl", budget_epsilon=math.inf)
         started = time.time()
         result = distill(train, config, ledger, Path(tmp) / "set", device=device, dataset_label="fashion-mnist")
         distill_seconds = time.time() - started
-        name = f"{profile}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+        name = f"{label}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
         SETS.mkdir(parents=True, exist_ok=True)
         for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
@@ -85,7 +99,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     claim = result.synthetic.claim
     return {
         "dataset": "fashion-mnist",
-        "profile": profile,
+        "profile": label,
         "ipc": ipc,
         "epsilon": None if math.isinf(epsilon) else epsilon,
         "claimed_epsilon": claim["epsilon"],
@@ -169,6 +183,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--iterations", type=int, help="outer iterations instead of the profile's (row labelled e.g. paper-300it)")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     parser.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
@@ -177,7 +192,7 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.one_row:
-        row = run_row(args.profile, args.ipc[0], args.epsilon[0], args.seeds, args.device, args.seed)
+        row = run_row(args.profile, args.ipc[0], args.epsilon[0], args.seeds, args.device, args.seed, args.iterations)
         print("ROW " + json.dumps(row, allow_nan=False))
         return 0
 
@@ -190,13 +205,14 @@ def main() -> int:
             if row["profile"] == args.profile and (row["ipc"], row["epsilon"]) in wanted:
                 print(f"== re-evaluating {row['set']}", flush=True)
                 update_readme(merge([reevaluate_row(row, args.seeds, args.device)], args.out))
-        print(table([r for r in json.loads(args.out.read_text())["rows"] if r["profile"] == args.profile]))
+        print(table([r for r in json.loads(args.out.read_text())["rows"] if r["profile"].split("-")[0] == args.profile]))
         return 0
     rows = []
     for ipc in args.ipc:
         for eps in args.epsilon:
             cmd = [sys.executable, __file__, "--one-row", "--profile", args.profile, "--ipc", str(ipc), "--epsilon",
                    str(eps), "--seeds", str(args.seeds), "--seed", str(args.seed), "--device", args.device]
+            cmd += ["--iterations", str(args.iterations)] if args.iterations else []
             print(f"== {args.profile} ipc={ipc} ε={eps:g}", flush=True)
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if done.returncode != 0:
@@ -205,7 +221,7 @@ def main() -> int:
             rows.append(json.loads(next(l for l in done.stdout.splitlines() if l.startswith("ROW "))[4:]))
             merged = merge(rows, args.out)
             update_readme(merged)
-            print(table([r for r in merged if r["profile"] == args.profile]), flush=True)
+            print(table([r for r in merged if r["profile"].split("-")[0] == args.profile]), flush=True)
     return 0
 
 
