@@ -16,6 +16,7 @@ in the output folder; running the same command again resumes it without spending
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,16 +26,17 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from client.matching import matching_distance
-from client.noisy_gradient import NoisyClassGradient
-from common.augment import Augmenter
+from client.noisy_gradient import NoisyClassGradients
+from common.augment import Augmenter, AugmentParams, per_example
 from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
 from common.ledger import Ledger
 from common.models import ConvNet, check_private
@@ -83,6 +85,8 @@ class DistillConfig:
     # since skipping would reveal which classes the site holds)
     seed: int = 0
     checkpoint_every: int = 10
+    classes_per_pass: int = 0  # classes whose releases share one per-example pass (same mechanism, fewer kernel
+    # launches, more memory): 0 = all of them on CUDA, where launches bound the speed; one on CPU, where memory does
 
     @property
     def releases(self) -> int:
@@ -271,7 +275,11 @@ def distill(
     if tensors is not None and "momentum" in tensors:
         image_opt.state[synthetic]["momentum_buffer"] = tensors["momentum"].to(dev)
 
-    real = [to_model_space(dataset.images[dataset.labels == c]).to(dev) for c in range(num_classes)]
+    by_class = [to_model_space(dataset.images[dataset.labels == c]) for c in range(num_classes)]
+    counts = [int(x.shape[0]) for x in by_class]
+    real = torch.cat(by_class).to(dev)  # class-sorted; class c's records start at offsets[c]
+    offsets = [sum(counts[:c]) for c in range(num_classes)]
+    groups = _class_groups(num_classes, config.classes_per_pass, dev)
     augmenter = Augmenter() if config.augment else None
     mech = the_plan.mechanism
     history: list[float] = []
@@ -289,33 +297,30 @@ def distill(
             torch.manual_seed(draw_seed)
             net = _network(dataset, config)
         net = net.to(dev)
-        releaser = NoisyClassGradient(net, mech.clip_norm, mech.noise_multiplier, noise)
+        twin = copy.deepcopy(net)  # hook-free twin for the synthetic passes; it computes with net's own parameters
+        releaser = NoisyClassGradients(net, mech.clip_norm, mech.noise_multiplier, noise)
+        params = {name: p for name, p in net.named_parameters() if p.requires_grad}
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
         loss_sum = 0.0
         for k in range(config.inner_steps):
-            targets, views = [], []
-            for c in range(num_classes):  # the release: one noised class gradient each (the only real-data path)
-                mask = torch.rand(real[c].shape[0], generator=sampling) < mech.sample_rate
-                batch = real[c][mask.to(dev)]
-                params = augmenter.sample(public) if augmenter is not None else None
-                targets.append(releaser(augmenter.apply(batch, params) if params is not None else batch, c))
-                views.append(params)
+            # the release: one noised gradient per class (the only real-data path); classes are disjoint
+            masks = [torch.rand(n, generator=sampling) < mech.sample_rate for n in counts]
+            views = [augmenter.sample(public) if augmenter is not None else None for _ in range(num_classes)]
+            targets = _release(releaser, real, offsets, masks, views, groups, augmenter)
+            syn_views = None if augmenter is None else per_example(views, [config.ipc] * num_classes)
             for _ in range(config.image_steps):  # post-processing: S may chase the released targets several times
                 image_opt.zero_grad(set_to_none=True)
-                for c in range(num_classes):
-                    syn = synthetic[c * config.ipc : (c + 1) * config.ipc]
-                    if views[c] is not None:
-                        syn = augmenter.apply(syn, views[c])  # the same transform the real batch saw
-                    syn_loss = F.cross_entropy(net(syn), torch.full((config.ipc,), c, device=dev), reduction="sum")
-                    syn_grad = torch.autograd.grad(syn_loss, releaser.params, create_graph=True)
-                    loss = matching_distance(targets[c], list(syn_grad))
-                    torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
-                    loss_sum += float(loss.detach()) / config.image_steps
+                syn = synthetic if syn_views is None else augmenter.apply(synthetic, syn_views)  # each class its real view
+                syn_grads = _class_gradients(twin, params, syn.view(num_classes, config.ipc, *syn.shape[1:]))
+                loss = matching_distance(targets, syn_grads, batch_dims=1).sum()
+                torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
+                loss_sum += float(loss.detach()) / config.image_steps
                 image_opt.step()
                 with torch.no_grad():
                     synthetic.clamp_(-1.0, 1.0)
             if k < config.inner_steps - 1:
-                _train_net_on_synthetic(net, net_opt, synthetic.detach(), labels.to(dev), config.net_steps, augmenter, public)
+                _train_net_on_synthetic(twin, params, net_opt, synthetic.detach(), labels.to(dev), config.net_steps,
+                                        augmenter, public)
         releaser.module.disable_hooks()
         history.append(loss_sum / (config.inner_steps * num_classes))
         done = t + 1
@@ -368,8 +373,54 @@ def _state(run_id: str, secret: int, iteration: int, config: dict) -> dict:
     return {"run_id": run_id, "secret_seed": secret, "iteration": iteration, "config": config}
 
 
+def _class_groups(num_classes: int, per_pass: int, device: torch.device) -> list[list[int]]:
+    """Classes released together from one per-example pass, in class order."""
+    n = per_pass or (num_classes if device.type == "cuda" else 1)
+    return [list(range(c, min(c + n, num_classes))) for c in range(0, num_classes, n)]
+
+
+def _release(
+    releaser: NoisyClassGradients,
+    real: torch.Tensor,
+    offsets: Sequence[int],
+    masks: Sequence[torch.Tensor],
+    views: Sequence[AugmentParams | None],
+    groups: Sequence[Sequence[int]],
+    augmenter: Augmenter | None,
+) -> list[torch.Tensor]:
+    """Every class's noised gradient, one tensor [classes, *p.shape] per parameter; class c's batch is its Poisson mask."""
+    parts = []
+    for group in groups:
+        picked = [masks[c].nonzero().squeeze(1) + offsets[c] for c in group]
+        counts = [int(i.numel()) for i in picked]
+        x = real.index_select(0, torch.cat(picked).to(real.device))
+        if augmenter is not None:
+            x = augmenter.apply(x, per_example([views[c] for c in group], counts))  # each class keeps its own view
+        labels = torch.repeat_interleave(torch.as_tensor(group), torch.as_tensor(counts)).to(real.device)
+        parts.append(releaser(x, labels, group))
+    return [torch.cat(per_param) for per_param in zip(*parts)]
+
+
+def _class_gradients(twin: torch.nn.Module, params: dict[str, torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
+    """∇θ ℓ(f_θ(S_c), c) for every class c at once, [classes, *p.shape] per parameter; differentiable in S.
+
+    `images` is [classes, ipc, C, H, W]; torch.func runs the classes as one batched pass.
+    """
+
+    def class_gradient(class_images: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = functional_call(twin, p, (class_images,))
+            return F.cross_entropy(logits, label.expand(class_images.shape[0]), reduction="sum")
+
+        return grad(loss)(params)
+
+    per_class = vmap(class_gradient)(images, torch.arange(images.shape[0], device=images.device))
+    return [per_class[name] for name in params]
+
+
 def _train_net_on_synthetic(
-    net: torch.nn.Module,
+    twin: torch.nn.Module,
+    params: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -381,5 +432,5 @@ def _train_net_on_synthetic(
     for _ in range(steps):
         x = augmenter.apply(images, augmenter.sample(generator, per_example=images.shape[0])) if augmenter else images
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), labels).backward()
+        F.cross_entropy(functional_call(twin, params, (x,)), labels).backward()
         optimizer.step()

@@ -1,45 +1,47 @@
-"""One private release: the clipped, noised sum of per-example gradients of one class batch.
+"""Private releases: per class, the clipped, noised sum of per-example gradients of its batch.
 
-Per-example gradients come from Opacus' `GradSampleModule`; flat clipping to `clip_norm`
-and one Gaussian draw of standard deviation `noise_multiplier · clip_norm` come from
-Opacus' `DPOptimizer.pre_step()` (it never steps: the optimiser only hosts the
-parameters). This is the only place real records enter the computation.
+Per-example gradients come from Opacus' `GradSampleModule`. Each example's gradient (all
+parameters together) is clipped to `clip_norm` as Opacus' `DPOptimizer` does, the clipped
+gradients are summed per class, and every class's sum gets its own Gaussian draw of
+standard deviation `noise_multiplier · clip_norm`: per class exactly the mechanism of one
+DP-SGD step. Opacus sums all examples into one gradient, so the per-class sum is done here
+(one weighted contraction), which lets several classes share one per-example pass — on a GPU
+the engine is bound by kernel launches, not FLOPs. This is the only place real records enter.
 """
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 # Opacus' hooks stay registered while disabled; PyTorch then warns on every backward that
-# does not need them (the synthetic pass, network updates on S). The warning is expected.
+# does not need them. The engine's synthetic passes use a hook-free twin; keep the filter for callers that don't.
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
+# Opacus' DPOptimizer clips with factor C / (‖g‖ + 1e-6), capped at 1; the same here.
+_NORM_EPS = 1e-6
 
-class NoisyClassGradient:
-    """Computes ĝ_c = Σ_i clip(∇θ ℓ(f(x_i), c)) + N(0, σ²C²I) for one network."""
+
+class NoisyClassGradients:
+    """ĝ_c = Σ_{i: y_i = c} clip_C(∇θ ℓ(f(x_i), c)) + N(0, σ²C²I), for the classes asked, from one pass."""
 
     def __init__(
         self, model: nn.Module, clip_norm: float, noise_multiplier: float, generator: torch.Generator | None = None
     ) -> None:
+        if clip_norm <= 0 or noise_multiplier < 0:
+            raise ValueError(f"need clip_norm > 0 and noise_multiplier ≥ 0, got {clip_norm}, {noise_multiplier}")
         self.model = model
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = DPOptimizer(
-            torch.optim.SGD(self.params, lr=0.0),
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=clip_norm,
-            expected_batch_size=1,
-            loss_reduction="sum",
-            generator=generator,
-        )
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.generator = generator
         self.module.disable_hooks()  # hooks run only inside __call__
 
     @contextmanager
@@ -49,15 +51,32 @@ class NoisyClassGradient:
             yield
         finally:
             self.module.disable_hooks()
+            for p in self.params:  # nothing per-example outlives the release
+                p.grad_sample = None
+                p.grad = None
 
-    def __call__(self, x: torch.Tensor, label: int) -> list[torch.Tensor]:
-        """The noised gradient of class `label` for batch `x` (which may be empty), one tensor per parameter."""
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._hooks(), torch.enable_grad():
-            logits = self.module(x)
-            targets = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
-            F.cross_entropy(logits, targets, reduction="sum").backward()
-        self.optimizer.pre_step()
-        grads = [p.grad.detach().clone() for p in self.params]
-        self.optimizer.zero_grad(set_to_none=True)
-        return grads
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]) -> list[torch.Tensor]:
+        """One tensor [len(classes), *p.shape] per parameter; row j is class classes[j]'s noised sum.
+
+        `x` holds the sampled records of those classes (possibly none of some, or none at all)
+        and `labels` their classes; a class with no records releases pure noise.
+        """
+        if x.shape[0] != labels.shape[0]:
+            raise ValueError(f"{x.shape[0]} records but {labels.shape[0]} labels")
+        classes_t = torch.as_tensor(list(classes), dtype=torch.long, device=x.device)
+        member = labels.to(x.device)[:, None] == classes_t[None, :]  # [B, k]
+        if not bool(member.any(dim=1).all()):
+            raise ValueError("every record must belong to one of the classes being released")
+        sums = [p.new_zeros((len(classes_t), *p.shape)) for p in self.params]
+        if x.shape[0] > 0:
+            with self._hooks(), torch.enable_grad():
+                F.cross_entropy(self.module(x), labels.to(x.device), reduction="sum").backward()
+                per_example = [p.grad_sample.reshape(x.shape[0], -1) for p in self.params]
+                norms = torch.stack([g.norm(dim=1) for g in per_example], dim=1).norm(dim=1)
+                factor = (self.clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+                weights = member.to(factor.dtype) * factor[:, None]  # [B, k]: clip factor routed to its class
+                sums = [(weights.T @ g).reshape(s.shape) for g, s in zip(per_example, sums)]
+        std = self.noise_multiplier * self.clip_norm
+        if std > 0:
+            sums = [s + torch.normal(0.0, std, s.shape, generator=self.generator, device=s.device) for s in sums]
+        return [s.detach() for s in sums]

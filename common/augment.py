@@ -9,7 +9,8 @@ synthetic set, `sample(per_example=n)` draws an independent transform per image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +80,11 @@ class Augmenter:
         return out
 
 
+
+
+def per_example(views: Sequence[AugmentParams], counts: Sequence[int]) -> AugmentParams:
+    """One row per example: shared draw j repeated counts[j] times, so batches that share a pass keep their own view."""
+    reps = torch.as_tensor(list(counts), dtype=torch.long)
+    return AugmentParams(
+        **{f.name: torch.cat([getattr(v, f.name) for v in views]).repeat_interleave(reps, dim=0) for f in fields(AugmentParams)}
+    )
