@@ -64,6 +64,11 @@ def profile_label(profile: str, iterations: int | None, epsilon: float) -> str:
     return f"{profile}-{iterations}it"
 
 
+def of_profile(row: dict, profile: str) -> bool:
+    """Whether a row ran `profile`, at its own length or shortened (`profile_label`)."""
+    return row["profile"] == profile or row["profile"].startswith(f"{profile}-")
+
+
 def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, seed: int,
             iterations: int | None = None) -> dict:
     """Distil and evaluate one configuration in this process; return its result row.
@@ -205,7 +210,7 @@ def main() -> int:
             if row["profile"] == args.profile and (row["ipc"], row["epsilon"]) in wanted:
                 print(f"== re-evaluating {row['set']}", flush=True)
                 update_readme(merge([reevaluate_row(row, args.seeds, args.device)], args.out))
-        print(table([r for r in json.loads(args.out.read_text())["rows"] if r["profile"].split("-")[0] == args.profile]))
+        print(table([r for r in json.loads(args.out.read_text())["rows"] if of_profile(r, args.profile)]))
         return 0
     rows = []
     for ipc in args.ipc:
@@ -221,7 +226,7 @@ def main() -> int:
             rows.append(json.loads(next(l for l in done.stdout.splitlines() if l.startswith("ROW "))[4:]))
             merged = merge(rows, args.out)
             update_readme(merged)
-            print(table([r for r in merged if r["profile"].split("-")[0] == args.profile]), flush=True)
+            print(table([r for r in merged if of_profile(r, args.profile)]), flush=True)
     return 0
 
 

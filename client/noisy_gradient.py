@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from torch import nn
 
-# Opacus' hooks stay registered while disabled; PyTorch then warns on every backward that
-# does not need them. The engine's synthetic passes use a hook-free twin; keep the filter for callers that don't.
+# PyTorch warns that a full backward hook fires although no input requires gradients: true of
+# every release (records are data, not parameters), and expected.
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 # Opacus' DPOptimizer clips with factor C / (‖g‖ + 1e-6), capped at 1; the same here.
@@ -63,14 +63,15 @@ class NoisyClassGradients:
         """
         if x.shape[0] != labels.shape[0]:
             raise ValueError(f"{x.shape[0]} records but {labels.shape[0]} labels")
+        labels = labels.to(x.device)
         classes_t = torch.as_tensor(list(classes), dtype=torch.long, device=x.device)
-        member = labels.to(x.device)[:, None] == classes_t[None, :]  # [B, k]
+        member = labels[:, None] == classes_t[None, :]  # [B, k]
         if not bool(member.any(dim=1).all()):
             raise ValueError("every record must belong to one of the classes being released")
         sums = [p.new_zeros((len(classes_t), *p.shape)) for p in self.params]
         if x.shape[0] > 0:
             with self._hooks(), torch.enable_grad():
-                F.cross_entropy(self.module(x), labels.to(x.device), reduction="sum").backward()
+                F.cross_entropy(self.module(x), labels, reduction="sum").backward()
                 per_example = [p.grad_sample.reshape(x.shape[0], -1) for p in self.params]
                 norms = torch.stack([g.norm(dim=1) for g in per_example], dim=1).norm(dim=1)
                 factor = (self.clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)

@@ -80,8 +80,6 @@ class Augmenter:
         return out
 
 
-
-
 def per_example(views: Sequence[AugmentParams], counts: Sequence[int]) -> AugmentParams:
     """One row per example: shared draw j repeated counts[j] times, so batches that share a pass keep their own view."""
     reps = torch.as_tensor(list(counts), dtype=torch.long)
