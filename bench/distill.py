@@ -53,8 +53,13 @@ def distill_settings(profile: str, epsilon: float) -> dict:
     return {**settings["distill"], **settings.get("by_epsilon", {}).get(epsilon, {})}
 
 
+def device_kind(row: dict) -> str:
+    """`cuda` or `cpu`: where the row ran (rows from before the device was resolved say `auto`, and ran on CPU)."""
+    return "cuda" if str(row.get("device", "")).startswith("cuda") else "cpu"
+
+
 def _row_key(row: dict) -> tuple:
-    return (row["dataset"], row["profile"], row["ipc"], row["epsilon"])
+    return (row["dataset"], row["profile"], row["ipc"], row["epsilon"], device_kind(row))
 
 
 def profile_label(profile: str, iterations: int | None, epsilon: float) -> str:
@@ -94,6 +99,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         result = distill(train, config, ledger, Path(tmp) / "set", device=device, dataset_label="fashion-mnist")
         distill_seconds = time.time() - started
         name = f"{label}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+        name += "_cuda" if resolve_device(device).type == "cuda" else ""   # a GPU row sits beside the CPU row
         SETS.mkdir(parents=True, exist_ok=True)
         for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
@@ -126,7 +132,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "eval_epochs": settings["eval_epochs"],
         "eval_augment": evaluation["train_config"]["augment"],
         "seed": seed,
-        "device": device,
+        "device": resolve_device(device).type,
         "versions": library_versions(),
     }
 
@@ -160,18 +166,18 @@ def scores_by_protocol(row: dict) -> dict[bool, dict]:
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
     return merge_rows(path, "distill", rows, _row_key,
-                      lambda r: (r["profile"], r["ipc"], r["epsilon"] is None, r["epsilon"] or 0))
+                      lambda r: (r["profile"], r["ipc"], r["epsilon"] is None, r["epsilon"] or 0, device_kind(r)))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| profile | IPC | ε | accuracy % | same set, DSA in evaluation | PSG published | distill time | it/s | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| profile | device | IPC | ε | accuracy % | same set, DSA in evaluation | PSG published | distill time | it/s | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
         dsa = scores_by_protocol(r).get(True)
         dsa = "—" if dsa is None else percent(dsa["accuracy_mean"], dsa["accuracy_std"])
-        lines.append(f"| {r['profile']} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
+        lines.append(f"| {r['profile']} | {device_kind(r)} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
                      f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 

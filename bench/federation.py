@@ -59,6 +59,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
     from common.versions import library_versions
 
     name = f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}" + ("" if profile == "cpu" else f"_{profile}")
+    name += f"_seed{seed}" if seed else ""   # each seed keeps its own files
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         out = Path(tmp) / "out"
         config = (f'epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} min-sites={min(2, sites)} '
@@ -105,7 +106,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
 
 
 def _key(row: dict) -> tuple:
-    return (row.get("profile", "cpu"), row["epsilon"], row["sites"], row["partition"])
+    return (row.get("profile", "cpu"), row["epsilon"], row["sites"], row["partition"], row["seed"])
 
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
@@ -113,12 +114,12 @@ def merge(rows: list[dict], path: Path) -> list[dict]:
 
 
 def engine_bench_reference(ipc: int = 10) -> dict[tuple[float, bool], str]:
-    """bench/distill.py's one-site, all-data result per (ε, evaluation with DSA?) (its longer `cpu` profile)."""
-    from bench.distill import scores_by_protocol
+    """bench/distill.py's one-site, all-data result per (ε, evaluation with DSA?) (its longer `cpu` profile, on CPU)."""
+    from bench.distill import device_kind, scores_by_protocol
 
     return {(r["epsilon"], with_dsa): percent(score["accuracy_mean"], score["accuracy_std"])
             for r in read_rows(RESULTS / "distill.json")
-            if r["ipc"] == ipc and r.get("profile") == "cpu" and r["epsilon"] is not None
+            if r["ipc"] == ipc and r.get("profile") == "cpu" and device_kind(r) == "cpu" and r["epsilon"] is not None
             for with_dsa, score in scores_by_protocol(r).items()}
 
 
@@ -147,7 +148,7 @@ def table(rows: list[dict]) -> str:
         per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
-        lines.append(f"| {profile} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
+        lines.append(f"| {profile}{f' (seed {seed})' if (seed := r['seed']) else ''} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
                      f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     if any(r["sites"] > 1 and r.get("site_seeding", "shared") == "shared" for r in rows):
