@@ -32,16 +32,27 @@ RESULTS = ROOT / "bench" / "results"
 SETS = RESULTS / "sets"
 
 # Engine settings per profile (DistillConfig fields) and the evaluation protocol.
+CPU_PROFILE = dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0,
+                                lr_images=1.0),
+                   eval_epochs=300,
+                   # At ε = 10 the 600 releases of 64 records need only σ ≈ 0.55, where DP-SGD spends its budget badly;
+                   # 300 releases of 256 records (σ ≈ 0.76) cut the noise per averaged gradient 3× and scored 75.0 vs 72.7 %.
+                   by_epsilon={10.0: dict(iterations=60, batch_per_class=256.0)})
+
+
+def _cpu_variant(**changes) -> dict:
+    """The cpu profile with some engine fields changed."""
+    return {**CPU_PROFILE, "distill": {**CPU_PROFILE["distill"], **changes}}
+
+
 PROFILES = {
-    "cpu": dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0, lr_images=1.0),
-                eval_epochs=300,
-                # At ε = 10 the 600 releases of 64 records need only σ ≈ 0.55, where DP-SGD spends its budget badly;
-                # 300 releases of 256 records (σ ≈ 0.76) cut the noise per averaged gradient 3× and scored 75.0 vs 72.7 %.
-                by_epsilon={10.0: dict(iterations=60, batch_per_class=256.0)}),
-    # The cpu profile matching gradients on a narrower ConvNet (fewer coordinates to noise: 7,312 / 2,504 against 23,840).
-    **{f"cpu-w{w}": dict(distill=dict(width=w, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0,
-                                      lr_images=1.0),
-                         eval_epochs=300, by_epsilon={10.0: dict(iterations=60, batch_per_class=256.0)}) for w in (16, 8)},
+    "cpu": CPU_PROFILE,
+    # matching on a narrower ConvNet (fewer coordinates to noise: 7,312 / 2,504 against 23,840)
+    "cpu-w16": _cpu_variant(width=16),
+    "cpu-w8": _cpu_variant(width=8),
+    # replay passes over the kept releases after the run (free post-processing)
+    "cpu-replay3": _cpu_variant(replay_epochs=3),
+    "cpu-replay10": _cpu_variant(replay_epochs=10),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),

@@ -53,6 +53,7 @@ def distill_config(request: dict, site: str) -> DistillConfig:
         batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
         width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
+        replay_epochs=int(request.get("replay-epochs", DistillConfig.replay_epochs)),
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )
 

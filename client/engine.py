@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from client.matching import matching_distance
 from client.noisy_gradient import NoisyClassGradients
+from client.release_store import ReleaseStore
 from common.augment import Augmenter, AugmentParams, per_example
 from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
 from common.ledger import Ledger
@@ -70,6 +71,8 @@ class DistillConfig:
     inner_steps: int = 5  # K: noisy releases per outer iteration
     net_steps: int = 1  # updates of θ on the synthetic set between releases (free)
     image_steps: int = 1  # updates of S against each release's targets (free post-processing)
+    replay_epochs: int = 0  # after the run, passes of image updates over every kept release (free post-processing:
+    # each release's noise enters many small updates that average it, instead of one it is chased by)
     batch_per_class: float = 64.0  # expected real records per class per release; sets q
     sample_rate: float | None = None  # give q directly instead
     clip_norm: float = 1.0
@@ -283,6 +286,10 @@ def distill(
     augmenter = Augmenter() if config.augment else None
     mech = the_plan.mechanism
     history: list[float] = []
+    kept = ReleaseStore()  # the releases the replay passes match again (post-processing; never leaves the site)
+    if config.replay_epochs and start > 0:
+        names = [n for n, p in _network(dataset, config).named_parameters() if p.requires_grad]
+        kept = ReleaseStore.load(_checkpoint_dir(out), start, names, dev)
     if start == 0:
         _save_checkpoint(out, _state(run_id, secret, 0, config_dict), synthetic, None)
 
@@ -308,16 +315,11 @@ def distill(
             views = [augmenter.sample(public) if augmenter is not None else None for _ in range(num_classes)]
             targets = _release(releaser, real, offsets, masks, views, groups, augmenter)
             syn_views = None if augmenter is None else per_example(views, [config.ipc] * num_classes)
+            if config.replay_epochs:
+                kept.add(params, syn_views, targets)
             for _ in range(config.image_steps):  # post-processing: S may chase the released targets several times
-                image_opt.zero_grad(set_to_none=True)
-                syn = synthetic if syn_views is None else augmenter.apply(synthetic, syn_views)  # each class its real view
-                syn_grads = _class_gradients(twin, params, syn.view(num_classes, config.ipc, *syn.shape[1:]))
-                loss = matching_distance(targets, syn_grads, batch_dims=1).sum()
-                torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
-                loss_sum += float(loss.detach()) / config.image_steps
-                image_opt.step()
-                with torch.no_grad():
-                    synthetic.clamp_(-1.0, 1.0)
+                loss_sum += _match_step(image_opt, synthetic, twin, params, syn_views, targets, augmenter,
+                                        num_classes) / config.image_steps
             if k < config.inner_steps - 1:
                 _train_net_on_synthetic(twin, params, net_opt, synthetic.detach(), labels.to(dev), config.net_steps,
                                         augmenter, public)
@@ -328,10 +330,15 @@ def distill(
             bar.set_postfix(loss=f"{history[-1]:.3f}", eps=_spent_so_far(the_plan, done * config.inner_steps))
         if done % config.checkpoint_every == 0 and done < config.iterations:
             momentum = image_opt.state[synthetic].get("momentum_buffer")
+            if config.replay_epochs:
+                kept.save(_checkpoint_dir(out), done)  # before the state that counts them
             _save_checkpoint(out, _state(run_id, secret, done, config_dict), synthetic, momentum)
         if on_iteration is not None:
             on_iteration(done)
     bar.close()
+    if config.replay_epochs and kept:
+        _replay(kept, config.replay_epochs, image_opt, synthetic, twin, augmenter, num_classes,
+                _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     claim = {
@@ -358,6 +365,43 @@ def distill(
     save_synthetic_set(out, result)
     shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
     return DistillResult(result, out, run_id, start, time.time() - started, history)
+
+
+def _match_step(
+    image_opt: torch.optim.Optimizer,
+    synthetic: torch.Tensor,
+    twin: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    views: AugmentParams | None,
+    targets: list[torch.Tensor],
+    augmenter: Augmenter | None,
+    num_classes: int,
+) -> float:
+    """One update of S towards one release's noised class gradients, every class in one pass; returns the distance."""
+    image_opt.zero_grad(set_to_none=True)
+    syn = synthetic if views is None else augmenter.apply(synthetic, views)  # each class sees its real batch's view
+    syn_grads = _class_gradients(twin, params, syn.view(num_classes, -1, *syn.shape[1:]))
+    loss = matching_distance(targets, syn_grads, batch_dims=1).sum()
+    torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
+    image_opt.step()
+    with torch.no_grad():
+        synthetic.clamp_(-1.0, 1.0)
+    return float(loss.detach())
+
+
+def _replay(kept: ReleaseStore, epochs: int, image_opt: torch.optim.Optimizer, synthetic: torch.Tensor,
+            twin: torch.nn.Module, augmenter: Augmenter | None, num_classes: int, order: torch.Generator,
+            progress: bool) -> None:
+    """Match every kept release again, `epochs` times in a public random order: post-processing of the releases."""
+    bar = tqdm(total=epochs * len(kept), disable=not progress, desc="replaying", unit="release", dynamic_ncols=True)
+    for _ in range(epochs):
+        for i in torch.randperm(len(kept), generator=order).tolist():
+            release = kept.releases[i]
+            loss = _match_step(image_opt, synthetic, twin, release.params, release.views, release.targets, augmenter,
+                               num_classes)
+            bar.update()
+            bar.set_postfix(loss=f"{loss / num_classes:.3f}", refresh=False)
+    bar.close()
 
 
 def _spent_so_far(the_plan: Plan, releases: int) -> str:

@@ -44,6 +44,8 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--net-steps", type=int, default=d.net_steps, help="network updates on S between releases")
     p.add_argument("--image-steps", type=int, default=d.image_steps,
                    help="updates of S against each release (free post-processing)")
+    p.add_argument("--replay-epochs", type=int, default=d.replay_epochs,
+                   help="passes over every release after the run, matching it again (free post-processing)")
     p.add_argument("--batch-per-class", type=float, default=d.batch_per_class, help="expected records per class per release")
     p.add_argument("--sample-rate", type=float, help="Poisson rate q (overrides --batch-per-class)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm)
@@ -168,7 +170,7 @@ def _run_distill(args: argparse.Namespace) -> int:
     config = DistillConfig(
         ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
         accountant=args.accountant, iterations=args.steps, inner_steps=args.inner_steps, net_steps=args.net_steps,
-        image_steps=args.image_steps,
+        image_steps=args.image_steps, replay_epochs=args.replay_epochs,
         batch_per_class=args.batch_per_class, sample_rate=args.sample_rate, clip_norm=args.clip_norm,
         width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
         augment=not args.no_augment, seed=args.seed,

@@ -77,6 +77,21 @@ def test_image_steps_post_process_each_release_without_spending_more(tiny_mnist,
     assert not torch.equal(thrice.synthetic.images, once.synthetic.images)  # the extra updates did move S
 
 
+def test_replay_matches_the_kept_releases_again_without_spending_more(tiny_mnist, tmp_path, monkeypatch):
+    releases = []
+    original = NoisyClassGradients.__call__
+    monkeypatch.setattr(NoisyClassGradients, "__call__",
+                        lambda self, x, labels, classes: releases.extend(classes) or original(self, x, labels, classes))
+    plain = _run(tiny_mnist, tmp_path, "plain", noise_multiplier=1.0)
+    made = len(releases)
+    replayed = _run(tiny_mnist, tmp_path, "replayed", noise_multiplier=1.0, replay_epochs=2)
+    assert len(releases) - made == made == TINY["iterations"] * TINY["inner_steps"] * 10  # no release in the replay
+    assert replayed.synthetic.claim["steps"] == plain.synthetic.claim["steps"]
+    assert replayed.synthetic.claim["epsilon"] == plain.synthetic.claim["epsilon"]
+    assert not torch.equal(replayed.synthetic.images, plain.synthetic.images)  # the replay did move S
+    assert not list((tmp_path / "replayed").glob(".fedsynth-checkpoint*"))  # the kept releases went with the checkpoint
+
+
 def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path):
     from common.synthetic_set import content_hash, on_8bit_grid
 
@@ -90,19 +105,19 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
     return ImageDataset(torch.rand(dataset.images.shape, generator=gen), dataset.labels.clone(), dataset.classes, "x")
 
 
-@pytest.mark.parametrize("image_steps", [1, 3])
-def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, image_steps):
+@pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2}])
+def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, post_processing):
     """Blind the one real-data path: the output must then not depend on the records at all."""
     other = _scrambled(tiny_mnist, 1)
-    control_a = _run(tiny_mnist, tmp_path, "ca", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
-    control_b = _run(other, tmp_path, "cb", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
+    control_a = _run(tiny_mnist, tmp_path, "ca", noise_multiplier=1.0, **post_processing).synthetic.images
+    control_b = _run(other, tmp_path, "cb", noise_multiplier=1.0, **post_processing).synthetic.images
     assert not torch.equal(control_a, control_b), "control: the records do shape the set"
 
     original = NoisyClassGradients.__call__
     monkeypatch.setattr(NoisyClassGradients, "__call__",
                         lambda self, x, labels, classes: original(self, torch.zeros_like(x), labels, classes))
-    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
-    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, image_steps=image_steps).synthetic.images
+    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, **post_processing).synthetic.images
+    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, **post_processing).synthetic.images
     assert torch.equal(blind_a, blind_b)
 
 
@@ -121,9 +136,11 @@ class Crash(Exception):
     pass
 
 
-def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("replay_epochs", [0, 2])
+def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_path, replay_epochs):
+    """With replay, the releases made before the crash come back from the checkpoint, so the set is the same."""
     ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
-    config = DistillConfig(**{**TINY, "epsilon": 5.0})
+    config = DistillConfig(**{**TINY, "epsilon": 5.0, "replay_epochs": replay_epochs})
 
     def crash_at_2(done):
         if done == 2:
