@@ -47,6 +47,7 @@ PROFILES = {
     # gradients on scored above the app's ConvNet-32, and level with it at ε = 10, in half the time.
     "cpu-w16": dict(run_config="width=16", federation_config=None),
     "cpu-w8": dict(run_config="width=8", federation_config=None),
+    "cpu-replay3": dict(run_config="replay-epochs=3", federation_config=None),
     "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300",
                 federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),
 }
@@ -170,6 +171,7 @@ def main() -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
                         help="cpu: the app's defaults; cpu-b256: half the releases, 4× the records each; "
                              "cpu-t60: three times the outer iterations; cpu-w16 / cpu-w8: ConvNet-16 / -8 at the sites; "
+                             "cpu-replay3: three replay passes over each site's releases; "
                              "gpu: PSG-scale engine, two sites per GPU")
     parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
     parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '

@@ -63,33 +63,22 @@ def test_noise_multiplier_given_directly(tiny_mnist, tmp_path):
     assert claim["epsilon"] == pytest.approx(epsilon_of_history([mech], 1e-5))
 
 
-def test_image_steps_post_process_each_release_without_spending_more(tiny_mnist, tmp_path, monkeypatch):
-    releases = []
-    original = NoisyClassGradients.__call__
-    monkeypatch.setattr(NoisyClassGradients, "__call__",
-                        lambda self, x, labels, classes: releases.extend(classes) or original(self, x, labels, classes))
-    once = _run(tiny_mnist, tmp_path, "once", noise_multiplier=1.0)
-    made_once = len(releases)
-    thrice = _run(tiny_mnist, tmp_path, "thrice", noise_multiplier=1.0, image_steps=3)
-    assert len(releases) - made_once == made_once == TINY["iterations"] * TINY["inner_steps"] * 10
-    assert thrice.synthetic.claim["steps"] == once.synthetic.claim["steps"]
-    assert thrice.synthetic.claim["epsilon"] == once.synthetic.claim["epsilon"]
-    assert not torch.equal(thrice.synthetic.images, once.synthetic.images)  # the extra updates did move S
-
-
-def test_replay_matches_the_kept_releases_again_without_spending_more(tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("post_processing", [{"image_steps": 3}, {"replay_epochs": 2}])
+def test_post_processing_moves_the_set_without_releasing_or_spending_more(tiny_mnist, tmp_path, monkeypatch,
+                                                                          post_processing):
+    """Repeated image updates per release, or replay passes over the kept releases after the run."""
     releases = []
     original = NoisyClassGradients.__call__
     monkeypatch.setattr(NoisyClassGradients, "__call__",
                         lambda self, x, labels, classes: releases.extend(classes) or original(self, x, labels, classes))
     plain = _run(tiny_mnist, tmp_path, "plain", noise_multiplier=1.0)
     made = len(releases)
-    replayed = _run(tiny_mnist, tmp_path, "replayed", noise_multiplier=1.0, replay_epochs=2)
-    assert len(releases) - made == made == TINY["iterations"] * TINY["inner_steps"] * 10  # no release in the replay
-    assert replayed.synthetic.claim["steps"] == plain.synthetic.claim["steps"]
-    assert replayed.synthetic.claim["epsilon"] == plain.synthetic.claim["epsilon"]
-    assert not torch.equal(replayed.synthetic.images, plain.synthetic.images)  # the replay did move S
-    assert not list((tmp_path / "replayed").glob(".fedsynth-checkpoint*"))  # the kept releases went with the checkpoint
+    more = _run(tiny_mnist, tmp_path, "more", noise_multiplier=1.0, **post_processing)
+    assert len(releases) - made == made == TINY["iterations"] * TINY["inner_steps"] * 10
+    assert more.synthetic.claim["steps"] == plain.synthetic.claim["steps"]
+    assert more.synthetic.claim["epsilon"] == plain.synthetic.claim["epsilon"]
+    assert not torch.equal(more.synthetic.images, plain.synthetic.images)  # the extra updates did move S
+    assert not list((tmp_path / "more").glob(".fedsynth-checkpoint*"))  # kept releases went with the checkpoint
 
 
 def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path):
