@@ -52,7 +52,6 @@ PROFILES = {
     "cpu-w8": _cpu_variant(width=8),
     # replay passes over the kept releases after the run (free post-processing)
     "cpu-replay3": _cpu_variant(replay_epochs=3),
-    "cpu-replay10": _cpu_variant(replay_epochs=10),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),
