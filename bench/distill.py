@@ -106,6 +106,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     fields = {**distill_settings(profile, epsilon), **({"iterations": iterations} if iterations else {})}
     config = DistillConfig(ipc=ipc, epsilon=epsilon, delta=1e-5, seed=seed, **fields)
     label = profile_label(profile, iterations, epsilon)
+    dev = resolve_device(device)
     train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger.open(Path(tmp) / "ledger.jsonl", budget_epsilon=math.inf)
@@ -113,13 +114,13 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         result = distill(train, config, ledger, Path(tmp) / "set", device=device, dataset_label="fashion-mnist")
         distill_seconds = time.time() - started
         name = f"{label}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
-        name += "_cuda" if resolve_device(device).type == "cuda" else ""   # a GPU row sits beside the CPU row
+        name += "_cuda" if dev.type == "cuda" else ""   # a GPU row sits beside the CPU row
         SETS.mkdir(parents=True, exist_ok=True)
         for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
     started = time.time()
     evaluation = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, seeds,
-                                    TrainConfig(epochs=settings["eval_epochs"]), resolve_device(device))
+                                    TrainConfig(epochs=settings["eval_epochs"]), dev)
     eval_seconds = time.time() - started
     claim = result.synthetic.claim
     return {
@@ -146,7 +147,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "eval_epochs": settings["eval_epochs"],
         "eval_augment": evaluation["train_config"]["augment"],
         "seed": seed,
-        "device": resolve_device(device).type,
+        "device": dev.type,
         "versions": library_versions(),
     }
 
