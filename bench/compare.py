@@ -83,6 +83,12 @@ ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-cla
 ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0}
 
 
+def engine_settings() -> dict:
+    """The engine settings a fedsynth row ran with (the app's defaults in pyproject.toml), so a row says what it measured."""
+    defaults = app_run_config()
+    return {"source": "pyproject [tool.flwr.app.config]", **{k: defaults[k] for k in ENGINE_KEYS}}
+
+
 def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict | None:
     """The same round already measured by bench/federation.py (same sites, partition, ε, seed and engine
     settings as today's defaults), as a compare row; None when there is none. Saves a ~30-minute rerun."""
@@ -176,7 +182,7 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
             "seconds": statistics.fmean(seconds), "seeds": all_seeds, "peak_rss_mb": peak,
             "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
-            "settings": CENTRAL if central else FEDAVG if "fedavg" in method else "pyproject [tool.flwr.app.config]",
+            "settings": CENTRAL if central else FEDAVG if "fedavg" in method else engine_settings(),
             "versions": library_versions()}
 
 
