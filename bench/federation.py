@@ -32,10 +32,11 @@ from bench.results_io import SHARED_SEED_NOTE, merge_rows, percent, read_rows, s
 
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
-# Engine and simulation settings per machine. `cpu`: the app's defaults, one site at a time on 2 cores.
+# Engine and simulation settings per machine. `cpu`: the app's defaults before replay passes (its rows were
+# measured so), one site at a time on 2 cores; `cpu-replay3` is today's defaults.
 # `gpu`: the engine at PSG's scale (ConvNet-128, 1000 × 10 releases) and two sites sharing each GPU.
 PROFILES = {
-    "cpu": dict(run_config="", federation_config=None),
+    "cpu": dict(run_config="replay-epochs=0", federation_config=None),
     # The engine bench's ε = 10 lesson applied to sites: a site of ~6,000 records at ε = 10 through
     # 20 × 5 releases of 64 records per class needs only σ ≈ 0.92 (noise on each averaged class
     # gradient σ·C/B ≈ 0.014); 10 × 5 releases of 256 (q ≈ 0.43) need σ ≈ 1.8 and halve that to ≈ 0.007.
@@ -48,7 +49,8 @@ PROFILES = {
     "cpu-w16": dict(run_config="width=16", federation_config=None),
     "cpu-w8": dict(run_config="width=8", federation_config=None),
     "cpu-replay3": dict(run_config="replay-epochs=3", federation_config=None),
-    "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300",
+    # replay off: keeping 10,000 releases of a ConvNet-128 for it would take tens of GB per site
+    "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300 replay-epochs=0",
                 federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),
 }
 
@@ -76,7 +78,7 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         kept.mkdir(parents=True, exist_ok=True)
         for file in KEPT:
             if seed and file.endswith(".png"):
-                continue  # one 2.6 MB picture of the pool per profile: another seed's looks alike
+                continue  # one picture of the pool per profile: another seed's looks alike
             shutil.copy(out / file, kept / file)
     accepted = [s for s in metrics["sites"] if s["accepted"]]
     mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None

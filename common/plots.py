@@ -7,35 +7,56 @@ from pathlib import Path
 import torch
 
 
-def save_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:
-    """PNG with one row per class (its name on the left) and that class's images across."""
+def save_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, title: str = "",
+                    scale: int | None = None) -> None:
+    """PNG with one row per class (its name on the left) and that class's images across.
+
+    Each row is one image strip drawn pixel for pixel (`scale`× nearest-neighbour), not one axis per
+    image resampled: a 300-image pool is a few hundred KB instead of megabytes, and a greyscale set is
+    saved as a one-channel PNG.
+    """
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from PIL import Image
+    from torchvision.utils import make_grid
 
-    rows = [images[labels == c] for c in range(len(classes))]
+    channels, height, width = images.shape[1:]
+    scale = scale or max(1, 64 // height)
+    rows = [images[labels == c].detach().cpu().float().clamp(0, 1) for c in range(len(classes))]
     cols = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(len(classes), cols, figsize=(0.9 * cols + 1.2, 0.9 * len(classes) + 0.5), squeeze=False)
-    for c, row in enumerate(rows):
-        for j in range(cols):
-            ax = axes[c][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(row):
-                img = row[j].clamp(0, 1)
-                if img.shape[0] == 1:
-                    ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-                else:
-                    ax.imshow(img.permute(1, 2, 0).numpy())
-        axes[c][0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
+    # blank (white) places fill short rows so every strip has the same width
+    strips = [make_grid(torch.cat([r, torch.ones(cols - len(r), channels, height, width)]), nrow=cols, padding=2,
+                        pad_value=1.0) for r in rows]
+    strip_h, strip_w = strips[0].shape[1:]
+    dpi, label_inches, title_inches = 100, 1.2, 0.4 if title else 0.1
+    fig_w = strip_w * scale / dpi + label_inches
+    fig_h = len(classes) * strip_h * scale / dpi + title_inches
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    for c, strip in enumerate(strips):
+        # axes placed exactly, so the strip is drawn at `scale` pixels per image pixel
+        bottom = 1 - (title_inches + (c + 1) * strip_h * scale / dpi) / fig_h
+        ax = fig.add_axes((label_inches / fig_w, bottom, strip_w * scale / dpi / fig_w, strip_h * scale / dpi / fig_h))
+        if channels == 1:
+            ax.imshow(strip[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(strip.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 / fig_h, va="top")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    picture = Image.open(buffer)
+    picture = picture.convert("L" if channels == 1 else "RGB")
+    picture.save(path, optimize=True)
 
 
 def save_epsilon_over_time(series: dict[str, list[tuple[int, float]]], budgets: dict[str, float | None],
