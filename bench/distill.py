@@ -111,7 +111,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger.open(Path(tmp) / "ledger.jsonl", budget_epsilon=math.inf)
         started = time.time()
-        result = distill(train, config, ledger, Path(tmp) / "set", device=device, dataset_label="fashion-mnist")
+        result = distill(train, config, ledger, Path(tmp) / "set", device=dev, dataset_label="fashion-mnist")
         distill_seconds = time.time() - started
         name = f"{label}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
         name += "_cuda" if dev.type == "cuda" else ""   # a GPU row sits beside the CPU row

@@ -77,8 +77,6 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         kept = RESULTS / "federation" / name
         kept.mkdir(parents=True, exist_ok=True)
         for file in KEPT:
-            if seed and file.endswith(".png"):
-                continue  # one picture of the pool per profile: another seed's looks alike
             shutil.copy(out / file, kept / file)
     accepted = [s for s in metrics["sites"] if s["accepted"]]
     mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None

@@ -5,7 +5,7 @@ name, so the same per-site public seed), distils it with the app's engine settin
 `[tool.flwr.app.config]` plus `--set` overrides of `DistillConfig` fields, and trains fresh
 evaluation networks on that site's own images (the engine bench's protocol). A round pools ten
 such sets; this isolates one, so an engine change can be judged before a round is spent on it.
-Writes `bench/results/site.json` (one row per partition, site, ε and overrides; config,
+Writes `bench/results/site.json` (one row per partition, site, ε and effective engine config;
 versions and seeds recorded) and prints the table.
 
     .venv/bin/python bench/site.py --epsilon 10                             # the app's settings
@@ -98,17 +98,36 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
     }
 
 
+def _effective_config(row: dict) -> dict:
+    """The DistillConfig a row ran with, fields added since filled with their defaults, ε left out (keyed apart)."""
+    from client.engine import DistillConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in {**defaults, **row["config"]}.items() if k != "epsilon"}
+
+
+def _changes(row: dict) -> dict:
+    """Fields where a row's config differs from what the app would run today at that site and ε."""
+    from client.client_app import distill_config
+
+    epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
+    today = _effective_config({"config": dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]), f"site-{row['site']}"))})
+    return {k: v for k, v in _effective_config(row).items() if today.get(k) != v}
+
+
 def _key(row: dict) -> tuple:
+    # keyed by the settings the row ran with, not by its --set overrides: defaults move (replay became the
+    # app's default), and a plain run must not replace a row measured under the old defaults
     return (row["dataset"], row["partition"], row["sites"], row["site"], row["seed"], row["epsilon"] is None,
-            row["epsilon"] or 0.0, json.dumps(row["overrides"], sort_keys=True))
+            row["epsilon"] or 0.0, json.dumps(_effective_config(row), sort_keys=True))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| partition | site | records | ε | changes from the app's settings | σ | accuracy % (runs) | distil time |",
+    lines = ["| partition | site | records | ε | changes from the app's settings today | σ | accuracy % (runs) | distil time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
+        changes = ", ".join(f"{k}={v}" for k, v in _changes(r).items()) or "—"
         lines.append(f"| {r['partition']} | {r['site']}/{r['sites']} | {r['records']} | {eps} | {changes} | "
                      f"{r['noise_multiplier']:.3g} | {percent(r['accuracy_mean'], r['accuracy_std'])} ({len(r['runs'])}) | "
                      f"{r['seconds']:.0f} s |")

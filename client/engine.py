@@ -121,7 +121,7 @@ class DistillResult:
     history: list[float] = field(default_factory=list)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """CUDA when present (or asked), else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -215,7 +215,7 @@ def distill(
     ledger: Ledger,
     out_dir: str | os.PathLike,
     *,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     secret_seed: int | None = None,
     progress: bool = True,
     on_iteration: Callable[[int], None] | None = None,
