@@ -98,12 +98,12 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
     }
 
 
-def _effective_config(row: dict) -> dict:
-    """The DistillConfig a row ran with, fields added since filled with their defaults, ε left out (keyed apart)."""
+def _effective_config(config: dict) -> dict:
+    """A recorded DistillConfig with fields added since filled with their defaults, ε left out (keyed apart)."""
     from client.engine import DistillConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
-    return {k: v for k, v in {**defaults, **row["config"]}.items() if k != "epsilon"}
+    return {k: v for k, v in {**defaults, **config}.items() if k != "epsilon"}
 
 
 def _changes(row: dict) -> dict:
@@ -111,15 +111,15 @@ def _changes(row: dict) -> dict:
     from client.client_app import distill_config
 
     epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
-    today = _effective_config({"config": dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]), f"site-{row['site']}"))})
-    return {k: v for k, v in _effective_config(row).items() if today.get(k) != v}
+    today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]), f"site-{row['site']}")))
+    return {k: v for k, v in _effective_config(row["config"]).items() if today.get(k) != v}
 
 
 def _key(row: dict) -> tuple:
     # keyed by the settings the row ran with, not by its --set overrides: defaults move (replay became the
     # app's default), and a plain run must not replace a row measured under the old defaults
     return (row["dataset"], row["partition"], row["sites"], row["site"], row["seed"], row["epsilon"] is None,
-            row["epsilon"] or 0.0, json.dumps(_effective_config(row), sort_keys=True))
+            row["epsilon"] or 0.0, json.dumps(_effective_config(row["config"]), sort_keys=True))
 
 
 def table(rows: list[dict]) -> str:
