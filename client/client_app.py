@@ -54,6 +54,7 @@ def distill_config(request: dict, site: str) -> DistillConfig:
         width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
         lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
         replay_epochs=int(request.get("replay-epochs", DistillConfig.replay_epochs)),
+        replay_lr_end=float(request.get("replay-lr-end", DistillConfig.replay_lr_end)),
         every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
     )
 

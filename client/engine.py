@@ -73,6 +73,8 @@ class DistillConfig:
     image_steps: int = 1  # updates of S against each release's targets (free post-processing)
     replay_epochs: int = 0  # after the run, passes of image updates over every kept release (free post-processing:
     # each release's noise enters many small updates that average it, instead of one it is chased by)
+    replay_lr_end: float = 1.0  # image learning rate at the end of the replay passes, as a fraction of lr_images
+    # (linear decay from 1: the last updates average the releases' noise instead of chasing the last few; free)
     batch_per_class: float = 64.0  # expected real records per class per release; sets q
     sample_rate: float | None = None  # give q directly instead
     clip_norm: float = 1.0
@@ -151,6 +153,9 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         raise ValueError(f"unknown accountant {config.accountant!r}")
     if config.iterations < 1 or config.inner_steps < 1 or config.image_steps < 1:
         raise ValueError("iterations, inner steps and image steps must be at least 1")
+    if config.replay_epochs < 0 or not (0.0 < config.replay_lr_end <= 1.0):
+        raise ValueError(f"replay epochs must be >= 0 and replay-lr-end in (0, 1], got {config.replay_epochs} and "
+                         f"{config.replay_lr_end}")
     check_private(_network(dataset, config))
 
 
@@ -337,8 +342,8 @@ def distill(
             on_iteration(done)
     bar.close()
     if config.replay_epochs and kept:
-        _replay(kept, config.replay_epochs, image_opt, synthetic, twin, augmenter, num_classes,
-                _generator(config.seed * 1_000_003), progress)
+        _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, augmenter,
+                num_classes, _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     claim = {
@@ -389,16 +394,22 @@ def _match_step(
     return float(loss.detach())
 
 
-def _replay(kept: ReleaseStore, epochs: int, image_opt: torch.optim.Optimizer, synthetic: torch.Tensor,
-            twin: torch.nn.Module, augmenter: Augmenter | None, num_classes: int, order: torch.Generator,
-            progress: bool) -> None:
-    """Match every kept release again, `epochs` times in a public random order: post-processing of the releases."""
+def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.optim.Optimizer,
+            synthetic: torch.Tensor, twin: torch.nn.Module, augmenter: Augmenter | None, num_classes: int,
+            order: torch.Generator, progress: bool) -> None:
+    """Match every kept release again, `epochs` times in a public random order: post-processing of the releases.
+
+    The image learning rate decays linearly to `lr_end` × its value over the passes (1: constant).
+    """
+    decay = torch.optim.lr_scheduler.LinearLR(image_opt, start_factor=1.0, end_factor=lr_end,
+                                              total_iters=max(epochs * len(kept) - 1, 1))
     bar = tqdm(total=epochs * len(kept), disable=not progress, desc="replaying", unit="release", dynamic_ncols=True)
     for _ in range(epochs):
         for i in torch.randperm(len(kept), generator=order).tolist():
             release = kept.releases[i]
             loss = _match_step(image_opt, synthetic, twin, release.params, release.views, release.targets, augmenter,
                                num_classes)
+            decay.step()
             bar.update()
             bar.set_postfix(loss=f"{loss / num_classes:.3f}", refresh=False)
     bar.close()

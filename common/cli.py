@@ -46,6 +46,8 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
                    help="updates of S against each release (free post-processing)")
     p.add_argument("--replay-epochs", type=int, default=d.replay_epochs,
                    help="passes over every release after the run, matching it again (free post-processing)")
+    p.add_argument("--replay-lr-end", type=float, default=d.replay_lr_end,
+                   help="image learning rate at the end of the replay passes, a fraction of --lr-images (linear decay)")
     p.add_argument("--batch-per-class", type=float, default=d.batch_per_class, help="expected records per class per release")
     p.add_argument("--sample-rate", type=float, help="Poisson rate q (overrides --batch-per-class)")
     p.add_argument("--clip-norm", type=float, default=d.clip_norm)
@@ -170,7 +172,7 @@ def _run_distill(args: argparse.Namespace) -> int:
     config = DistillConfig(
         ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
         accountant=args.accountant, iterations=args.steps, inner_steps=args.inner_steps, net_steps=args.net_steps,
-        image_steps=args.image_steps, replay_epochs=args.replay_epochs,
+        image_steps=args.image_steps, replay_epochs=args.replay_epochs, replay_lr_end=args.replay_lr_end,
         batch_per_class=args.batch_per_class, sample_rate=args.sample_rate, clip_norm=args.clip_norm,
         width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
         augment=not args.no_augment, seed=args.seed,

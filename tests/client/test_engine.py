@@ -81,6 +81,23 @@ def test_post_processing_moves_the_set_without_releasing_or_spending_more(tiny_m
     assert not list((tmp_path / "more").glob(".fedsynth-checkpoint*"))  # kept releases went with the checkpoint
 
 
+def test_replay_decays_the_image_learning_rate_to_its_end_fraction(tiny_mnist, tmp_path, monkeypatch):
+    """The run's own updates keep lr_images; the replay passes go linearly from it to lr_end × it."""
+    import client.engine as engine
+
+    rates = []
+    original = engine._match_step
+    monkeypatch.setattr(engine, "_match_step",
+                        lambda opt, *a: rates.append(opt.param_groups[0]["lr"]) or original(opt, *a))
+    _run(tiny_mnist, tmp_path, noise_multiplier=1.0, lr_images=0.5, replay_epochs=2, replay_lr_end=0.1)
+    releases = TINY["iterations"] * TINY["inner_steps"]
+    assert rates[:releases] == [0.5] * releases
+    replay = rates[releases:]
+    assert len(replay) == 2 * releases
+    assert replay[0] == pytest.approx(0.5) and replay[-1] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(replay, replay[1:]))
+
+
 def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path):
     from common.synthetic_set import content_hash, on_8bit_grid
 
@@ -94,7 +111,7 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
     return ImageDataset(torch.rand(dataset.images.shape, generator=gen), dataset.labels.clone(), dataset.classes, "x")
 
 
-@pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2}])
+@pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2, "replay_lr_end": 0.1}])
 def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, post_processing):
     """Blind the one real-data path: the output must then not depend on the records at all."""
     other = _scrambled(tiny_mnist, 1)
