@@ -56,8 +56,9 @@ PROFILES = {
 
 
 def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int, extra: str,
-            federation_config: str | None, profile: str = "cpu") -> dict:
-    """One simulated round; the row is read back from the server's metrics.json."""
+            federation_config: str | None, profile: str = "cpu", keep_pool: Path | None = None) -> dict:
+    """One simulated round; the row is read back from the server's metrics.json. `keep_pool`: a folder to
+    keep the round's pooled synthetic set in (`<row name>.safetensors`), to study the server's training on it."""
     from common.simulation import run_simulation
     from common.versions import library_versions
 
@@ -78,6 +79,9 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         kept.mkdir(parents=True, exist_ok=True)
         for file in KEPT:
             shutil.copy(out / file, kept / file)
+        if keep_pool is not None:
+            keep_pool.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / "synthetic_pool.safetensors", keep_pool / f"{name}.safetensors")
     accepted = [s for s in metrics["sites"] if s["accepted"]]
     mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None
     return {
@@ -179,6 +183,7 @@ def main() -> int:
     parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '
                         'e.g. "client-resources-num-cpus=1"')
     parser.add_argument("--out", type=Path, default=RESULTS / "federation.json")
+    parser.add_argument("--keep-pool", type=Path, help="folder to keep each round's pooled synthetic set in (not committed)")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
     args = parser.parse_args()
 
@@ -190,7 +195,8 @@ def main() -> int:
                 for partition in (["iid"] if sites == 1 else args.partition):
                     row = run_row(sites, partition, args.alpha, epsilon, args.seed,
                                   f"{profile['run_config']} {args.run_config}".strip(),
-                                  args.federation_config or profile["federation_config"], args.profile)
+                                  args.federation_config or profile["federation_config"], args.profile,
+                                  args.keep_pool)
                     rows = merge([row], args.out)
                     print(table(rows), flush=True)
     if rows:
