@@ -195,6 +195,8 @@ def test_corrupt_ledger_stops_the_engine(tiny_mnist, tmp_path):
         (dict(delta=0.01), ValueError, "below 1/n"),
         (dict(delta=1.5), ValueError, "delta"),
         (dict(norm="batchnorm"), ModelNotPrivateError, "BatchNorm"),
+        (dict(replay_epochs=2, replay_lr_end=0.0), ValueError, "replay-lr-end"),
+        (dict(replay_epochs=-1), ValueError, "replay epochs"),
     ],
 )
 def test_bad_input_is_refused_before_budget_is_spent(tiny_mnist, tmp_path, overrides, error, match):
