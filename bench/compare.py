@@ -199,18 +199,49 @@ def _shared_seed(row: dict) -> bool:
     return row["method"] in ("fedsynth", "distill-nodp") and row.get("site_seeding", "shared") == "shared"
 
 
+def _older_settings(row: dict) -> str:
+    """For a fedsynth row run under engine settings other than the app's today: what it ran with ("" otherwise)."""
+    if row["method"] not in ("fedsynth", "distill-nodp") or "settings" not in row:
+        return ""
+    today, then = engine_settings(), row["settings"]
+    changed = [f"{k}={then.get(k, ENGINE_KEYS_BEFORE.get(k))}" for k in ENGINE_KEYS
+               if then.get(k, ENGINE_KEYS_BEFORE.get(k)) != today[k]]
+    return ", ".join(changed)
+
+
+def _older_list(rows: list[dict]) -> list[str]:
+    """Each distinct set of older engine settings among the rows, in the order the rows first show it."""
+    return list(dict.fromkeys(s for s in map(_older_settings, rows) if s))[:8]
+
+
+def _marks(row: dict, older: list[str]) -> str:
+    """Footnote marks: ¹ shared seed; ², ³, … the row's older engine settings, numbered as in `older`."""
+    mark = " ¹" if _shared_seed(row) else ""
+    settings = _older_settings(row)
+    return mark + (" " + "²³⁴⁵⁶⁷⁸⁹"[older.index(settings)] if settings in older else "")
+
+
+def _older_notes(older: list[str]) -> list[str]:
+    """One footnote per set of older engine settings: what those rows ran with against today's values."""
+    return [f"\n{'²³⁴⁵⁶⁷⁸⁹'[i]} measured with the app's earlier engine settings: {s} (today's: "
+            + ", ".join(f"{k}={engine_settings()[k]}" for k in (part.split("=")[0] for part in s.split(", "))) + ")."
+            for i, s in enumerate(older)]
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| method | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|"]
+    older = _older_list(rows)
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
         acc = percent(r["accuracy_mean"], r["accuracy_std"])
-        method = r["method"] + (" ¹" if _shared_seed(r) else "")
+        method = r["method"] + _marks(r, older)
         lines.append(f"| {method} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
     if any(_shared_seed(r) for r in rows):
         lines.append(SHARED_SEED_NOTE)
+    lines += _older_notes(older)
     return "\n".join(lines)
 
 
@@ -224,13 +255,14 @@ def versus(rows: list[dict]) -> str:
     accuracy and bytes, computed from the JSON so the README's reading of them cannot go stale."""
     lines = ["| partition | ε | fedsynth % (seeds) | DP-FedAvg % (seeds) | fedsynth − DP-FedAvg | fedsynth's bytes |",
              "|---|---|---|---|---|---|"]
+    older = _older_list(rows)
     ours = {(r["partition"], r["epsilon"]): r for r in rows if r["method"] == "fedsynth"}
     for r in rows:
         mine = ours.get((r["partition"], r["epsilon"])) if r["method"] == "dp-fedavg" else None
         if mine is None:
             continue
         gap = f"{100 * (mine['accuracy_mean'] - r['accuracy_mean']):+.1f}".replace("-", "−")
-        shared = " ¹" if _shared_seed(mine) else ""
+        shared = _marks(mine, older)
         lines.append(f"| {r['partition']} | {r['epsilon']:g} | {_score(mine)}{shared} | {_score(r)} | {gap} points | "
                      f"1/{r['bytes_total'] / mine['bytes_total']:.0f} of DP-FedAvg's |")
     return "\n".join(lines)
