@@ -100,7 +100,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
                 and row["seed"] == seed and (partition != "dirichlet" or row["alpha"] == alpha)
                 and row["dataset"] == DATASET["name"] and row.get("site_seeding") == "per-site"
-                and all(config.get(k, ENGINE_KEYS_BEFORE.get(k)) == defaults[k] for k in ENGINE_KEYS)):
+                and all(_ran_with(config, k) == defaults[k] for k in ENGINE_KEYS)):
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
@@ -199,39 +199,40 @@ def _shared_seed(row: dict) -> bool:
     return row["method"] in ("fedsynth", "distill-nodp") and row.get("site_seeding", "shared") == "shared"
 
 
-def _older_settings(row: dict) -> str:
-    """For a fedsynth row run under engine settings other than the app's today: what it ran with ("" otherwise)."""
-    if row["method"] not in ("fedsynth", "distill-nodp") or "settings" not in row:
-        return ""
-    today, then = engine_settings(), row["settings"]
-    changed = [f"{k}={then.get(k, ENGINE_KEYS_BEFORE.get(k))}" for k in ENGINE_KEYS
-               if then.get(k, ENGINE_KEYS_BEFORE.get(k)) != today[k]]
-    return ", ".join(changed)
+OLDER_MARKS = "²³⁴⁵⁶⁷⁸⁹"
 
 
-def _older_list(rows: list[dict]) -> list[str]:
-    """Each distinct set of older engine settings among the rows, in the order the rows first show it."""
-    return list(dict.fromkeys(s for s in map(_older_settings, rows) if s))[:8]
+def _ran_with(config: dict, key: str):
+    """The value a recorded engine config ran with for `key` (keys added since: the value rows had before them)."""
+    return config.get(key, ENGINE_KEYS_BEFORE.get(key))
 
 
-def _marks(row: dict, older: list[str]) -> str:
-    """Footnote marks: ¹ shared seed; ², ³, … the row's older engine settings, numbered as in `older`."""
-    mark = " ¹" if _shared_seed(row) else ""
-    settings = _older_settings(row)
-    return mark + (" " + "²³⁴⁵⁶⁷⁸⁹"[older.index(settings)] if settings in older else "")
+def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
+    """Footnote marks (²³…, by row id) for fedsynth rows run under engine settings other than the app's today,
+    one per distinct set of old settings, and the footnotes saying what those rows ran with."""
+    today = engine_settings()
+    older: dict[tuple, str] = {}
+    marks: dict[int, str] = {}
+    for r in rows:
+        if r["method"] not in ("fedsynth", "distill-nodp") or "settings" not in r:
+            continue
+        then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS if _ran_with(r["settings"], k) != today[k])
+        if then and (then in older or len(older) < len(OLDER_MARKS)):
+            marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
+    notes = [f"\n{mark} measured with the app's earlier engine settings: {', '.join(f'{k}={v}' for k, v in then)} "
+             f"(today's: {', '.join(f'{k}={today[k]}' for k, _ in then)})." for then, mark in older.items()]
+    return marks, notes
 
 
-def _older_notes(older: list[str]) -> list[str]:
-    """One footnote per set of older engine settings: what those rows ran with against today's values."""
-    return [f"\n{'²³⁴⁵⁶⁷⁸⁹'[i]} measured with the app's earlier engine settings: {s} (today's: "
-            + ", ".join(f"{k}={engine_settings()[k]}" for k in (part.split("=")[0] for part in s.split(", "))) + ")."
-            for i, s in enumerate(older)]
+def _marks(row: dict, older: dict[int, str]) -> str:
+    """Footnote marks: ¹ shared seed; ², ³, … the row's older engine settings (see `_older_settings`)."""
+    return (" ¹" if _shared_seed(row) else "") + (f" {older[id(row)]}" if id(row) in older else "")
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| method | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|"]
-    older = _older_list(rows)
+    older, notes = _older_settings(rows)
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
         acc = percent(r["accuracy_mean"], r["accuracy_std"])
@@ -241,7 +242,7 @@ def table(rows: list[dict]) -> str:
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
     if any(_shared_seed(r) for r in rows):
         lines.append(SHARED_SEED_NOTE)
-    lines += _older_notes(older)
+    lines += notes
     return "\n".join(lines)
 
 
@@ -255,7 +256,7 @@ def versus(rows: list[dict]) -> str:
     accuracy and bytes, computed from the JSON so the README's reading of them cannot go stale."""
     lines = ["| partition | ε | fedsynth % (seeds) | DP-FedAvg % (seeds) | fedsynth − DP-FedAvg | fedsynth's bytes |",
              "|---|---|---|---|---|---|"]
-    older = _older_list(rows)
+    older, _ = _older_settings(rows)
     ours = {(r["partition"], r["epsilon"]): r for r in rows if r["method"] == "fedsynth"}
     for r in rows:
         mine = ours.get((r["partition"], r["epsilon"])) if r["method"] == "dp-fedavg" else None
