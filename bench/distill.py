@@ -52,6 +52,12 @@ PROFILES = {
     "cpu-w8": _cpu_variant(width=8),
     # replay passes over the kept releases after the run (free post-processing)
     "cpu-replay3": _cpu_variant(replay_epochs=3),
+    # six replay passes with the image learning rate decaying to a tenth (the federation's best at ε = 10)
+    "cpu-replay6-decay": _cpu_variant(replay_epochs=6, replay_lr_end=0.1),
+    # the same on a wider matching network (the noiseless ceiling's suspect); for a GPU: a ConvNet-128 run keeps
+    # 11 × 0.3 M floats per release for the replay (4–8 GB), so no mid-run checkpoints write them to disk
+    "w64-replay6-decay": _cpu_variant(width=64, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000),
+    "w128-replay6-decay": _cpu_variant(width=128, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),
