@@ -45,6 +45,15 @@ def _cpu_variant(**changes) -> dict:
     return {**CPU_PROFILE, "distill": {**CPU_PROFILE["distill"], **changes}}
 
 
+def _larger_releases(k: int, **changes) -> dict:
+    """A cpu variant with k× the expected records per release and 1/k of the outer iterations, at every ε."""
+    def scaled(fields: dict) -> dict:
+        return {"iterations": fields["iterations"] // k, "batch_per_class": fields["batch_per_class"] * k}
+    base = {**CPU_PROFILE["distill"], **changes}
+    return {**CPU_PROFILE, "distill": {**base, **scaled(base)},
+            "by_epsilon": {eps: scaled(over) for eps, over in CPU_PROFILE["by_epsilon"].items()}}
+
+
 PROFILES = {
     "cpu": CPU_PROFILE,
     # matching on a narrower ConvNet (fewer coordinates to noise: 7,312 / 2,504 against 23,840)
@@ -58,6 +67,10 @@ PROFILES = {
     # 11 × 0.3 M floats per release for the replay (4–8 GB), so no mid-run checkpoints write them to disk
     "w64-replay6-decay": _cpu_variant(width=64, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000),
     "w128-replay6-decay": _cpu_variant(width=128, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000),
+    # fewer, larger releases on the wider networks (noise per averaged gradient down, σ up): k× the records per
+    # release and 1/k of the outer iterations of the cpu profile at each ε
+    **{f"w{w}-b{k}x-replay6-decay": _larger_releases(k, width=w, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000)
+       for w in (64, 128) for k in (2, 4)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),
