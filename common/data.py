@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,10 +93,17 @@ def _stage_debian_fashion_mnist(root: Path) -> bool:
         return False
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:
-        tmp = raw / f".{name}.partial"
-        with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(raw / name)
+        if (raw / name).exists():  # another process (a simulated site, a bench row) staged it meanwhile
+            continue
+        # a temporary file of this writer's own: processes staging at once must not write into one another's
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.", suffix=".partial")
+        try:
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz", "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, raw / name)  # atomic: readers see the whole file or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return True
 
 

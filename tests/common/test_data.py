@@ -1,7 +1,11 @@
+import gzip
+import shutil
+
 import pytest
 import torch
 from PIL import Image
 
+from common import data
 from common.data import DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder, load_mnist5k
 
 
@@ -28,6 +32,31 @@ def test_missing_fashion_mnist_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(train=True, root=tmp_path / "empty")
+
+
+def test_fashion_mnist_staging_survives_a_concurrent_writer(tmp_path, monkeypatch):
+    """Sites or bench rows started at once stage the Debian files into one cache: a second writer that runs
+    while the first is mid-copy (simulated by re-entering from inside the copy) must not break either."""
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    contents = {name: f"{name} ".encode() * 1000 for name in data.FASHION_MNIST_FILES}
+    for name, body in contents.items():
+        with gzip.open(debian / f"{name}.gz", "wb") as f:
+            f.write(body)
+    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", debian)
+    real_copy, interleaved = shutil.copyfileobj, []
+
+    def copy_with_a_second_writer(src, dst, *args):
+        real_copy(src, dst, *args)
+        if not interleaved:  # the first writer has its temporary file full, not yet renamed
+            interleaved.append(True)
+            assert data._stage_debian_fashion_mnist(tmp_path / "cache")
+
+    monkeypatch.setattr("common.data.shutil.copyfileobj", copy_with_a_second_writer)
+    assert data._stage_debian_fashion_mnist(tmp_path / "cache")
+    raw = tmp_path / "cache" / "FashionMNIST" / "raw"
+    assert interleaved and sorted(p.name for p in raw.iterdir()) == sorted(contents)  # no temporary left behind
+    assert all((raw / name).read_bytes() == body for name, body in contents.items())
 
 
 def _write_folder(root, dataset, classes=(0, 1, 2), per_class=4, mode="L", size=28):
