@@ -78,9 +78,9 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "replay-epochs",
-               "replay-lr-end", "eval-epochs", "eval-width")
+               "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting")
 # Keys added after some rows were measured, with the value those rows ran with.
-ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0}
+ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform"}
 
 
 def engine_settings() -> dict:

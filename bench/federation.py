@@ -52,7 +52,10 @@ PROFILES = {
     # More replay passes, and the image learning rate decayed over them (bench/site.py first, ε = 10)
     "cpu-replay6": dict(run_config="replay-epochs=6", federation_config=None),
     "cpu-replay3-decay": dict(run_config="replay-epochs=3 replay-lr-end=0.1", federation_config=None),
-    "cpu-replay6-decay": dict(run_config="replay-epochs=6 replay-lr-end=0.1", federation_config=None),
+    "cpu-replay6-decay": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="uniform"',
+                              federation_config=None),
+    # The same sites; the server weighs each pooled image by its site's class signal (server/pool.py): today's defaults
+    "cpu-signal": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="signal"', federation_config=None),
     # replay off: keeping 10,000 releases of a ConvNet-128 for it would take tens of GB per site
     "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300 replay-epochs=0",
                 federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),

@@ -257,7 +257,7 @@ def distill(
     else:
         run_id = uuid.uuid4().hex
         secret = secret_seed if secret_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        start, tensors = 0, None
+        start, tensors, state = 0, None, {}
         ledger.spend(
             run_id,
             the_plan.mechanism,
@@ -292,11 +292,14 @@ def distill(
     mech = the_plan.mechanism
     history: list[float] = []
     kept = ReleaseStore()  # the releases the replay passes match again (post-processing; never leaves the site)
+    # Σ over releases of ‖ĝ_c‖² per class, for the claim's class signal (post-processing of the releases)
+    signal_sq = torch.tensor(state.get("signal_sq") or [0.0] * num_classes, dtype=torch.float64)
+    signal_releases = int(state.get("signal_releases") or 0)
     if config.replay_epochs and start > 0:
         names = [n for n, p in _network(dataset, config).named_parameters() if p.requires_grad]
         kept = ReleaseStore.load(_checkpoint_dir(out), start, names, dev)
     if start == 0:
-        _save_checkpoint(out, _state(run_id, secret, 0, config_dict), synthetic, None)
+        _save_checkpoint(out, _state(run_id, secret, 0, config_dict, signal_sq, 0), synthetic, None)
 
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc="distilling", unit="it", dynamic_ncols=True)
@@ -319,6 +322,8 @@ def distill(
             masks = [torch.rand(n, generator=sampling) < mech.sample_rate for n in counts]
             views = [augmenter.sample(public) if augmenter is not None else None for _ in range(num_classes)]
             targets = _release(releaser, real, offsets, masks, views, groups, augmenter)
+            signal_sq += _squared_norms(targets)
+            signal_releases += 1
             syn_views = None if augmenter is None else per_example(views, [config.ipc] * num_classes)
             if config.replay_epochs:
                 kept.add(params, syn_views, targets)
@@ -337,7 +342,8 @@ def distill(
             momentum = image_opt.state[synthetic].get("momentum_buffer")
             if config.replay_epochs:
                 kept.save(_checkpoint_dir(out), done)  # before the state that counts them
-            _save_checkpoint(out, _state(run_id, secret, done, config_dict), synthetic, momentum)
+            _save_checkpoint(out, _state(run_id, secret, done, config_dict, signal_sq, signal_releases), synthetic,
+                             momentum)
         if on_iteration is not None:
             on_iteration(done)
     bar.close()
@@ -363,6 +369,8 @@ def distill(
         "sha256": content_hash(images, labels),
         "config": config_dict,
         "seed": config.seed,
+        "class_signal": class_signal(signal_sq, signal_releases, mech,
+                                     sum(p.numel() for p in _network(dataset, config).parameters() if p.requires_grad)),
         "versions": library_versions(),
     }
     ledger.record_release(run_id, claim["sha256"])  # recorded before anything is written out
@@ -424,8 +432,29 @@ def _spent_so_far(the_plan: Plan, releases: int) -> str:
         return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
 
 
-def _state(run_id: str, secret: int, iteration: int, config: dict) -> dict:
-    return {"run_id": run_id, "secret_seed": secret, "iteration": iteration, "config": config}
+def _state(run_id: str, secret: int, iteration: int, config: dict, signal_sq: torch.Tensor, signal_releases: int) -> dict:
+    return {"run_id": run_id, "secret_seed": secret, "iteration": iteration, "config": config,
+            "signal_sq": signal_sq.tolist(), "signal_releases": signal_releases}
+
+
+def _squared_norms(targets: list[torch.Tensor]) -> torch.Tensor:
+    """‖ĝ_c‖² over all parameters, one value per class (float64, on the CPU)."""
+    return torch.stack([t.reshape(t.shape[0], -1).double().pow(2).sum(1) for t in targets]).sum(0).cpu()
+
+
+def class_signal(signal_sq: torch.Tensor, releases: int, mechanism: Mechanism, dimension: int) -> list[float] | None:
+    """Per class, how many records' worth of clipped gradient its releases carried, from the releases alone.
+
+    E‖ĝ_c‖² = ‖Σ clip(∇)‖² + σ²C²d, so √(mean ‖ĝ_c‖² − σ²C²d) / C estimates the norm of the class's
+    clipped sum in units of C: about 0.86·q·n_c on Fashion-MNIST (per-example gradients of one
+    class point alike at a fresh network), 0 for a class the site lacks. Post-processing of the
+    noised releases and public (σ, C, d): it costs no privacy. None without releases.
+    """
+    if releases == 0:
+        return None
+    noise_sq = (mechanism.noise_multiplier * mechanism.clip_norm) ** 2 * dimension
+    excess = (signal_sq / releases - noise_sq).clamp(min=0.0)
+    return [round(float(v), 4) for v in excess.sqrt() / mechanism.clip_norm]
 
 
 def _class_groups(num_classes: int, per_pass: int, device: torch.device) -> list[list[int]]:

@@ -39,8 +39,16 @@ def train_classifier(
     config: TrainConfig,
     seed: int,
     device: torch.device = torch.device("cpu"),
+    weights: torch.Tensor | None = None,
 ) -> ConvNet:
-    """Train a fresh ConvNet on pixel-space `images`; seeded init, order and augmentation."""
+    """Train a fresh ConvNet on pixel-space `images`; seeded init, order and augmentation.
+
+    `weights` (one per image, mean 1 for the usual step size) scale each image's loss: the server
+    trusts an image as much as the evidence its site's releases carried for its class.
+    """
+    if weights is not None and (weights.shape != labels.shape or not bool(torch.isfinite(weights).all())
+                                or bool((weights < 0).any())):
+        raise ValueError("weights must be one finite, non-negative value per image")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = images.shape[1:]
@@ -48,6 +56,7 @@ def train_classifier(
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[config.epochs // 2], gamma=0.1)
     x_all, y_all = to_model_space(images).to(device), labels.to(device)
+    w_all = None if weights is None else weights.to(device, torch.float32)
     augmenter = Augmenter() if config.augment else None
     net.train()
     for _ in range(config.epochs):
@@ -58,7 +67,11 @@ def train_classifier(
             if augmenter is not None:
                 x = augmenter.apply(x, augmenter.sample(gen, per_example=len(idx)))
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y_all[idx]).backward()
+            if w_all is None:
+                loss = F.cross_entropy(net(x), y_all[idx])
+            else:
+                loss = (w_all[idx] * F.cross_entropy(net(x), y_all[idx], reduction="none")).mean()
+            loss.backward()
             opt.step()
         sched.step()
     return net.eval()

@@ -19,6 +19,7 @@ from common.payload import PayloadError, from_record, payload_bytes, read_teleme
 from common.signing import load_public_key
 from common.versions import library_versions
 from server.collect import stream_replies
+from server.pool import SIGNAL_KEY, pool_weights
 from server.report import privacy_markdown, write_outputs
 from server.validation import UploadPolicy, Verdict, check_upload
 
@@ -27,7 +28,8 @@ app = ServerApp()
 REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
                 "replay-epochs", "replay-lr-end", "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 # what the per-site table keeps from each claim: the mechanism, and the site's public seed to reproduce its run
-CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed")
+CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed",
+                 "class_signal")
 
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
@@ -126,12 +128,15 @@ def main(grid: Grid, context: Context) -> None:
     labels = torch.cat([u.labels for u in accepted])
     train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
-    model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)))
+    weights = pool_weights([u.labels for u in accepted], [u.claim.get(SIGNAL_KEY) for u in accepted], test.num_classes,
+                           str(cfg.get("pool-weighting", "signal")))
+    model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
+                             weights=weights)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
-               "train_config": train_config.__dict__}
+               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else "signal"}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model)
     print("\n" + privacy_markdown(sites), flush=True)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from common.privacy.accounting import ACCOUNTANTS, Mechanism, epsilon_of_history
 from common.signing import verify
 from common.synthetic_set import content_hash
+from server.pool import signal_problem
 
 REQUIRED_CLAIM = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "sha256")
 
@@ -85,6 +86,9 @@ def check_upload(
     missing = [key for key in REQUIRED_CLAIM if key not in claim]
     if missing:
         return Verdict.reject(f"schema: claim lacks {', '.join(missing)}")
+    problem = signal_problem(claim, policy.num_classes)
+    if problem:
+        return Verdict.reject(problem)
     if upload.signed_round is not None and upload.signed_round != (run_id, nonce):
         signed_run, _ = upload.signed_round
         what = "an earlier nonce of this run" if signed_run == run_id else f"run {signed_run}"

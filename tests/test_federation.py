@@ -70,6 +70,8 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     # each site distils from its own public seed (one shared seed made similar sites distil near-copies)
     assert by_site["site-0"]["seed"] == site_seed(0, "site-0") != by_site["site-3"]["seed"] == site_seed(0, "site-3")
     assert metrics["accuracy"] > 0.2  # chance is 0.1
+    # every accepted site sent its per-class release signal, so the server weighed the pool by it
+    assert metrics["pool_weighting"] == "signal" and len(by_site["site-0"]["class_signal"]) == 10
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
     assert "| site-1 |" in (out / "privacy_report.md").read_text()

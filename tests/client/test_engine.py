@@ -7,12 +7,12 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from client.engine import DistillConfig, EngineError, distill, plan
+from client.engine import DistillConfig, EngineError, _squared_norms, class_signal, distill, plan
 from client.noisy_gradient import NoisyClassGradients
 from common.data import DataError, ImageDataset
 from common.ledger import BudgetExceededError, Ledger, LedgerCorruptError
 from common.models import ModelNotPrivateError
-from common.privacy.accounting import epsilon_of_history
+from common.privacy.accounting import Mechanism, epsilon_of_history
 
 TINY = dict(ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0, checkpoint_every=1)
 
@@ -122,9 +122,10 @@ def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, 
     original = NoisyClassGradients.__call__
     monkeypatch.setattr(NoisyClassGradients, "__call__",
                         lambda self, x, labels, classes: original(self, torch.zeros_like(x), labels, classes))
-    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, **post_processing).synthetic.images
-    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, **post_processing).synthetic.images
-    assert torch.equal(blind_a, blind_b)
+    blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, **post_processing).synthetic
+    blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, **post_processing).synthetic
+    assert torch.equal(blind_a.images, blind_b.images)
+    assert blind_a.claim["class_signal"] == blind_b.claim["class_signal"]  # the claim's statistic too
 
 
 def test_budget_stop_refuses_before_anything_is_written(tiny_mnist, tmp_path):
@@ -166,6 +167,8 @@ def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_p
 
     straight = distill(tiny_mnist, config, ledger, tmp_path / "straight", device="cpu", secret_seed=7, progress=False)
     assert torch.allclose(resumed.synthetic.images, straight.synthetic.images, atol=1e-6)
+    # the releases before the crash still count in the class signal
+    assert resumed.synthetic.claim["class_signal"] == pytest.approx(straight.synthetic.claim["class_signal"], rel=1e-6)
 
 
 def test_resume_with_other_settings_is_refused(tiny_mnist, tmp_path):
@@ -228,6 +231,42 @@ def test_federated_site_distils_sparse_and_missing_classes_from_noise(tiny_mnist
     result = _run(sparse, tmp_path, ipc=2, every_class_populated=False, epsilon=5.0)
     assert result.synthetic.labels.tolist() == [c for c in range(10) for _ in range(2)]  # nothing revealed by omission
     assert torch.isfinite(result.synthetic.images).all()
+
+
+def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_mnist, tmp_path, monkeypatch):
+    keep = torch.cat([torch.nonzero(tiny_mnist.labels == c).flatten()[: (0 if c == 4 else 1 if c == 5 else 30)]
+                      for c in range(10)])
+    squares = {c: [] for c in range(10)}
+    original = NoisyClassGradients.__call__
+
+    def spy(self, x, labels, classes):
+        sums = original(self, x, labels, classes)
+        for j, c in enumerate(classes):
+            squares[c].append(sum(float(s[j].pow(2).sum()) for s in sums))
+        return sums
+
+    monkeypatch.setattr(NoisyClassGradients, "__call__", spy)
+    signal = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False,
+                  noise_multiplier=0.0).synthetic.claim["class_signal"]
+    assert signal == pytest.approx([math.sqrt(sum(v) / len(v)) for v in squares.values()], rel=1e-4, abs=1e-6)
+    assert signal[4] == 0.0 and signal[5] <= 1.0 + 1e-6  # no records; one record clipped to C = 1
+    assert min(s for c, s in enumerate(signal) if c not in (4, 5)) > 1.0  # several records per release
+
+
+def test_class_signal_removes_the_noise_energy():
+    """σ²C²d is subtracted: pure noise reads as about 0, a signal of norm 8 as 8 (not inflated by the noise)."""
+    gen = torch.Generator().manual_seed(0)
+    d, releases, sigma, clip = 2000, 1000, 1.0, 1.0
+    signal = torch.zeros(2, d)
+    signal[0, :64] = 1.0  # norm 8
+    sq = torch.zeros(2, dtype=torch.float64)
+    for _ in range(releases):
+        noised = signal + sigma * clip * torch.randn(2, d, generator=gen)
+        sq += _squared_norms([noised[:, : d // 2], noised[:, d // 2:]])
+    estimate = class_signal(sq, releases, Mechanism(sigma, 0.1, releases, clip), d)
+    assert estimate[0] == pytest.approx(8.0, rel=0.1)
+    assert estimate[1] < 3.0  # noise of norm √2000 ≈ 45 per release would read ~45 unsubtracted
+    assert class_signal(sq, 0, Mechanism(sigma, 0.1, releases, clip), d) is None
 
 
 @pytest.mark.parametrize("seed", [2**62, -5])

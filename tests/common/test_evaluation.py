@@ -1,5 +1,6 @@
 """The evaluation protocol: networks trained on a set really learn, and augmentation is applied only when asked."""
 
+import pytest
 import torch
 
 import common.evaluation as evaluation
@@ -33,3 +34,23 @@ def test_a_set_of_real_images_trains_a_useful_network(tiny_mnist):
                                 progress=False)
     assert result["accuracy_mean"] > 0.6  # 30 real digits per class; chance is 0.1
     assert len(result["accuracies"]) == 2 and result["train_config"]["augment"] is False
+
+
+def test_an_image_of_weight_zero_has_no_influence(tiny_mnist):
+    images, labels = tiny_mnist.images[::3].clone(), tiny_mnist.labels[::3]
+    weights = torch.ones(len(labels))
+    weights[::2] = 0.0
+    other = images.clone()
+    other[::2] = torch.rand(other[::2].shape, generator=torch.Generator().manual_seed(1))
+    config = TrainConfig(**FAST)
+    a = evaluation.train_classifier(images, labels, 10, config, seed=0, weights=weights)
+    b = evaluation.train_classifier(other, labels, 10, config, seed=0, weights=weights)
+    assert torch.allclose(a.classifier.weight, b.classifier.weight, atol=1e-6)
+    c = evaluation.train_classifier(other, labels, 10, config, seed=0)
+    assert not torch.allclose(a.classifier.weight, c.classifier.weight, atol=1e-3)  # control: unweighted, they count
+
+
+def test_bad_weights_are_refused(tiny_mnist):
+    with pytest.raises(ValueError, match="one finite, non-negative"):
+        evaluation.train_classifier(tiny_mnist.images[:4], tiny_mnist.labels[:4], 10, TrainConfig(**FAST), seed=0,
+                                    weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))

@@ -68,6 +68,11 @@ def _tampered_after_signing():
         (_tampered_after_signing, "differ from the signed content hash"),
         (lambda: _upload(claim_edit=lambda c: c.update(epsilon=c["epsilon"] / 2)), "does not match"),
         (lambda: _upload(claim_edit=lambda c: c.pop("steps")), "claim lacks steps"),
+        (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9)), "schema: class_signal"),
+        (lambda: _upload(claim_edit=lambda c: c.update(class_signal="1,2")), "schema: class_signal"),
+        (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + [-0.5])), "values: class_signal"),
+        (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + ["1"])), "values: class_signal"),
+        (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + [True])), "values: class_signal"),
         (lambda: _upload(sigma=0.3), "policy: ε="),
         (lambda: _upload(sigma=0.0), "policy: ε="),
     ],
@@ -76,6 +81,10 @@ def test_bad_upload_is_rejected_with_its_reason(make, reason):
     verdict = _check(make())
     assert not verdict.accepted
     assert reason in verdict.reason
+
+
+def test_upload_with_a_class_signal_is_accepted():
+    assert _check(_upload(claim_edit=lambda c: c.update(class_signal=[0.0, 3.5] * 5))).accepted
 
 
 def test_unknown_site_key_is_rejected():
