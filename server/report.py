@@ -30,12 +30,17 @@ def privacy_markdown(sites: list[dict[str, Any]]) -> str:
 
 def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, Any]], config: dict[str, Any],
                   versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
-                  classes: list[str], model: torch.nn.Module | None) -> None:
+                  classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None) -> None:
+    """Everything a round leaves behind; the pool file keeps the images' training weights (if any), so the
+    global model can be retrained from it exactly."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", {**metrics, "sites": sites, "config": config, "versions": versions})
     write_json(out / "privacy_report.json", {"sites": sites, "config": config, "versions": versions})
     (out / "privacy_report.md").write_text("# Privacy report\n\n" + privacy_markdown(sites))
-    save_file({"images": pool_images.contiguous(), "labels": pool_labels.contiguous()}, str(out / "synthetic_pool.safetensors"))
+    pool = {"images": pool_images.contiguous(), "labels": pool_labels.contiguous()}
+    if pool_weights is not None:
+        pool["weights"] = pool_weights.float().contiguous()
+    save_file(pool, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
         keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS] for c in range(len(classes))])
         shown = "" if len(keep) == len(pool_labels) else f" (first {POOL_PICTURE_PER_CLASS} of each class)"

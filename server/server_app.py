@@ -138,7 +138,7 @@ def main(grid: Grid, context: Context) -> None:
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
                "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else "signal"}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
-                  pool_labels=labels, classes=test.classes, model=model)
+                  pool_labels=labels, classes=test.classes, model=model, pool_weights=weights)
     print("\n" + privacy_markdown(sites), flush=True)
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

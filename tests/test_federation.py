@@ -74,6 +74,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     assert metrics["pool_weighting"] == "signal" and len(by_site["site-0"]["class_signal"]) == 10
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
+    assert pool["weights"].shape == (2 * 2 * 10,) and pool["weights"].mean() == pytest.approx(1.0, rel=1e-5)
     assert "| site-1 |" in (out / "privacy_report.md").read_text()
     assert _leftovers(wait=30) == before  # nothing left running
 
