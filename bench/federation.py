@@ -185,6 +185,7 @@ def main() -> int:
                         help="cpu: the app's defaults; cpu-b256: half the releases, 4× the records each; "
                              "cpu-t60: three times the outer iterations; cpu-w16 / cpu-w8: ConvNet-16 / -8 at the sites; "
                              "cpu-replay3: three replay passes over each site's releases; "
+                             "cpu-signal: today's app (six decayed passes, pool weighted by class signal); "
                              "gpu: PSG-scale engine, two sites per GPU")
     parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
     parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '
