@@ -19,7 +19,7 @@ from common.payload import PayloadError, from_record, payload_bytes, read_teleme
 from common.signing import load_public_key
 from common.versions import library_versions
 from server.collect import stream_replies
-from server.pool import SIGNAL_KEY, pool_weights
+from server.pool import SIGNAL_KEY, WEIGHTINGS, pool_weights
 from server.report import privacy_markdown, write_outputs
 from server.validation import UploadPolicy, Verdict, check_upload
 
@@ -73,6 +73,9 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     min_sites = int(cfg["min-sites"])
     test = load_dataset(str(cfg["dataset"]), train=False)
+    weighting = str(cfg.get("pool-weighting", "signal"))
+    if weighting not in WEIGHTINGS:  # before any site spends budget on this round
+        _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     nodes = _wait_for_sites(grid, int(cfg["expected-sites"]), min_sites, float(cfg["connect-timeout"]))
     if len(nodes) < min_sites:
         _fail(out, [], cfg, test, f"only {len(nodes)} site(s) connected, the round needs min-sites={min_sites}")
@@ -129,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
     train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
     weights = pool_weights([u.labels for u in accepted], [u.claim.get(SIGNAL_KEY) for u in accepted], test.num_classes,
-                           str(cfg.get("pool-weighting", "signal")))
+                           weighting)
     model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                              weights=weights)
     acc = accuracy(model, test)

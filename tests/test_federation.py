@@ -80,14 +80,18 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_round_below_min_sites_fails_with_a_clear_report(tmp_path, monkeypatch):
+@pytest.mark.parametrize("setting,reason", [("min-sites=3", "min-sites=3"),
+                                            ('pool-weighting="count"', "unknown pool-weighting 'count'")])
+def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend(tmp_path, monkeypatch, setting,
+                                                                                  reason):
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 2, TINY + f' min-sites=3 expected-sites=2 output-dir="{out}" '
+    rc = run_simulation(ROOT, 2, TINY + f' {setting} expected-sites=2 output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}"', timeout=600)
     assert rc != 0  # the wrapper reports the failed run, although `flwr run --stream` itself exits 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and "min-sites=3" in metrics["reason"]
+    assert metrics["status"] == "failed" and reason in metrics["reason"]
+    assert not list((tmp_path / "sites").glob("*/ledger.jsonl"))  # no site was asked, so none spent
 
 
 @pytest.mark.slow
