@@ -293,7 +293,7 @@ def distill(
     history: list[float] = []
     kept = ReleaseStore()  # the releases the replay passes match again (post-processing; never leaves the site)
     # Σ over releases of ‖ĝ_c‖² per class, for the claim's class signal (post-processing of the releases)
-    signal_sq = torch.tensor(state.get("signal_sq") or [0.0] * num_classes, dtype=torch.float64)
+    signal_sq = torch.tensor(state.get("signal_sq") or [0.0] * num_classes, dtype=torch.float64, device=dev)
     signal_releases = int(state.get("signal_releases") or 0)
     if config.replay_epochs and start > 0:
         names = [n for n, p in _network(dataset, config).named_parameters() if p.requires_grad]
@@ -438,8 +438,8 @@ def _state(run_id: str, secret: int, iteration: int, config: dict, signal_sq: to
 
 
 def _squared_norms(targets: list[torch.Tensor]) -> torch.Tensor:
-    """‖ĝ_c‖² over all parameters, one value per class (float64, on the CPU)."""
-    return torch.stack([t.reshape(t.shape[0], -1).double().pow(2).sum(1) for t in targets]).sum(0).cpu()
+    """‖ĝ_c‖² over all parameters, one value per class (float64, on the targets' device: no sync per release)."""
+    return torch.stack([t.reshape(t.shape[0], -1).double().pow(2).sum(1) for t in targets]).sum(0)
 
 
 def class_signal(signal_sq: torch.Tensor, releases: int, mechanism: Mechanism, dimension: int) -> list[float] | None:
