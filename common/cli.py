@@ -76,6 +76,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--augment", action="store_true",
                    help="train with the distillation's DSA augmentation (off by default: it costs accuracy on DP sets)")
+    p.add_argument("--uniform", action="store_true",
+                   help="ignore a pool file's per-image weights (by default it trains as the server did: weighted)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
@@ -217,11 +219,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     else:
         test = load_dataset(args.dataset, train=False, download=args.download)
     config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
+    weights = None if args.uniform else synthetic.weights
     result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
-                                resolve_device(args.device), progress=not args.quiet)
+                                resolve_device(args.device), progress=not args.quiet, weights=weights)
     result.update(set=str(args.set), test=test.name, claim=synthetic.claim, versions=library_versions())
     print(f"accuracy {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
-          f"over {args.seeds} seeds on {test.name} test ({len(test)} images)")
+          f"over {args.seeds} seeds on {test.name} test ({len(test)} images)"
+          + (", each image weighted as in the file" if weights is not None else ""))
     if args.json:
         from common.synthetic_set import write_json
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from common.augment import Augmenter
 from common.data import ImageDataset, to_model_space
 from common.models import ConvNet
+from common.synthetic_set import weights_problem
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ def train_classifier(
     `weights` (one per image, mean 1 for the usual step size) scale each image's loss: the server
     trusts an image as much as the evidence its site's releases carried for its class.
     """
-    if weights is not None and (weights.shape != labels.shape or not bool(torch.isfinite(weights).all())
-                                or bool((weights < 0).any())):
-        raise ValueError("weights must be one finite, non-negative value per image")
+    if weights is not None and (problem := weights_problem(weights, labels)):
+        raise ValueError(problem)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = images.shape[1:]
@@ -96,15 +96,16 @@ def evaluate_synthetic(
     config: TrainConfig = TrainConfig(),
     device: torch.device = torch.device("cpu"),
     progress: bool = True,
+    weights: torch.Tensor | None = None,
 ) -> dict:
-    """Test accuracy mean ± std over `seeds` freshly trained networks."""
+    """Test accuracy mean ± std over `seeds` freshly trained networks (each image's loss scaled by `weights`, if given)."""
     if seeds < 1:
         raise ValueError("need at least one seed")
     if images.shape[1:] != test.images.shape[1:]:
         raise ValueError(f"synthetic images {tuple(images.shape[1:])} do not match test images {tuple(test.images.shape[1:])}")
     scores = []
     for seed in tqdm(range(seeds), desc="evaluating", unit="net", disable=not progress):
-        net = train_classifier(images, labels, test.num_classes, config, seed, device)
+        net = train_classifier(images, labels, test.num_classes, config, seed, device, weights)
         scores.append(accuracy(net, test, device))
     return {
         "accuracy_mean": statistics.fmean(scores),
@@ -112,4 +113,5 @@ def evaluate_synthetic(
         "accuracies": scores,
         "seeds": list(range(seeds)),
         "train_config": config.__dict__,
+        "weighted": weights is not None,
     }

@@ -27,6 +27,7 @@ class SyntheticSet:
     images: torch.Tensor
     labels: torch.Tensor
     claim: dict[str, Any]
+    weights: torch.Tensor | None = None  # per-image training weights: a server's pool file keeps them
 
     @property
     def classes(self) -> list[str]:
@@ -102,15 +103,31 @@ def _picture_title(claim: dict[str, Any]) -> str:
     return f"{claim.get('dataset', '')}  ipc={claim.get('ipc')}  ε={eps_text}  δ={claim.get('delta', 0):g}"
 
 
+def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Why `weights` cannot weigh the images of `labels` in training (None when they can)."""
+    if weights.shape != labels.shape or not weights.is_floating_point():
+        return f"weights must be one float per image ({tuple(labels.shape)}), got {weights.dtype} {tuple(weights.shape)}"
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        return "weights must be finite and non-negative"
+    return None
+
+
 def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
-    """Read a set from its folder or its safetensors file (claim.json beside it, if any)."""
+    """Read a set from its folder or its safetensors file (claim.json beside it, if any).
+
+    A site's set holds `images` and `labels`; a server's pool file (`synthetic_pool.safetensors`)
+    also `weights`, one per image, the weights the global model was trained with.
+    """
     path = Path(path)
     file = path / SET_FILE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no synthetic set at {file}")
     tensors = load_file(str(file))
-    if set(tensors) != {"images", "labels"}:
-        raise ValueError(f"{file}: expected tensors 'images' and 'labels', found {sorted(tensors)}")
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights"}:
+        raise ValueError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', found {sorted(tensors)}")
+    weights = tensors.get("weights")
+    if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
+        raise ValueError(f"{file}: {problem}")
     claim_file = file.parent / CLAIM_FILE
     claim = json.loads(claim_file.read_text()) if claim_file.exists() else {}
-    return SyntheticSet(tensors["images"], tensors["labels"], claim)
+    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights)

@@ -43,6 +43,23 @@ def test_distill_then_evaluate_end_to_end(tmp_path):
     assert result["accuracy_std"] >= 0.0 and "accuracy" in evaluation.stdout
 
 
+def test_evaluate_trains_a_pool_file_as_the_server_did_unless_told_uniform(tmp_path, tiny_mnist):
+    """A server's pool file keeps per-image weights; `evaluate` uses them (only class 0 weighs here: ≈ 10 %)."""
+    from safetensors.torch import save_file
+
+    pool = tmp_path / "synthetic_pool.safetensors"
+    save_file({"images": tiny_mnist.images.contiguous(), "labels": tiny_mnist.labels.contiguous(),
+               "weights": (tiny_mnist.labels == 0).float()}, str(pool))
+    results = {}
+    for extra in ([], ["--uniform"]):
+        run = fedsynth("evaluate", pool, "--dataset", "mnist5k", "--epochs", 15, "--width", 16, "--seeds", 1,
+                       "--json", tmp_path / "eval.json", "--quiet", *extra, home=tmp_path / "home")
+        assert run.returncode == 0, run.stderr
+        results[bool(extra)] = json.loads((tmp_path / "eval.json").read_text())
+    assert results[False]["weighted"] is True and results[False]["accuracy_mean"] < 0.2
+    assert results[True]["weighted"] is False and results[True]["accuracy_mean"] > 0.5
+
+
 def test_bad_input_is_a_clear_error_with_nonzero_exit(tmp_path):
     run = fedsynth("distill", "--dataset", "mnist5k", "--epsilon", 0, "--out", tmp_path / "x", home=tmp_path / "home")
     assert run.returncode == 2 and "epsilon must be > 0" in run.stderr and "Traceback" not in run.stderr

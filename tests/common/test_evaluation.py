@@ -50,7 +50,22 @@ def test_an_image_of_weight_zero_has_no_influence(tiny_mnist):
     assert not torch.allclose(a.classifier.weight, c.classifier.weight, atol=1e-3)  # control: unweighted, they count
 
 
-def test_bad_weights_are_refused(tiny_mnist):
-    with pytest.raises(ValueError, match="one finite, non-negative"):
+@pytest.mark.parametrize("weights, reason", [
+    (torch.tensor([1.0, -1.0, 1.0, 1.0]), "finite and non-negative"),
+    (torch.tensor([1.0, float("nan"), 1.0, 1.0]), "finite and non-negative"),
+    (torch.ones(3), "one float per image"),
+    (torch.ones(4, dtype=torch.int64), "one float per image"),
+])
+def test_bad_weights_are_refused(tiny_mnist, weights, reason):
+    with pytest.raises(ValueError, match=reason):
         evaluation.train_classifier(tiny_mnist.images[:4], tiny_mnist.labels[:4], 10, TrainConfig(**FAST), seed=0,
-                                    weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+                                    weights=weights)
+
+
+def test_evaluate_trains_with_the_weights_it_is_given(tiny_mnist):
+    """Only class 0's images weigh anything: every network then answers 0, ≈ 10 % on the test set."""
+    test = load_mnist5k(train=False)
+    weights = (tiny_mnist.labels == 0).float()
+    result = evaluate_synthetic(tiny_mnist.images, tiny_mnist.labels, test, seeds=1, config=TrainConfig(**FAST),
+                                progress=False, weights=weights)
+    assert result["weighted"] is True and result["accuracy_mean"] < 0.2

@@ -1,0 +1,50 @@
+"""Reading synthetic sets from disk: a site's set, and a server's pool file with its per-image weights."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from common.synthetic_set import SET_FILE, load_synthetic_set
+
+
+def _write(path, **tensors):
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _set(n=6):
+    return torch.rand(n, 1, 4, 4), torch.arange(n) % 3
+
+
+def test_a_sites_set_has_no_weights(tmp_path):
+    images, labels = _set()
+    synthetic = load_synthetic_set(_write(tmp_path / SET_FILE, images=images, labels=labels).parent)
+    assert torch.equal(synthetic.images, images) and torch.equal(synthetic.labels, labels)
+    assert synthetic.weights is None and synthetic.claim == {}
+
+
+def test_a_pool_file_keeps_its_weights(tmp_path):
+    images, labels = _set()
+    weights = torch.tensor([0.0, 2.0, 1.0, 1.5, 0.5, 1.0])
+    synthetic = load_synthetic_set(_write(tmp_path / "synthetic_pool.safetensors", images=images, labels=labels,
+                                          weights=weights))
+    assert torch.equal(synthetic.weights, weights)
+
+
+@pytest.mark.parametrize("tensors, reason", [
+    (dict(weights=torch.ones(5)), "one float per image"),
+    (dict(weights=torch.tensor([1.0, 1.0, -0.5, 1.0, 1.0, 1.0])), "finite and non-negative"),
+    (dict(weights=torch.tensor([1.0, float("inf"), 1.0, 1.0, 1.0, 1.0])), "finite and non-negative"),
+    (dict(extra=torch.ones(6)), "optionally 'weights'"),
+])
+def test_a_malformed_file_is_refused_naming_it(tmp_path, tensors, reason):
+    images, labels = _set()
+    path = _write(tmp_path / "pool.safetensors", images=images, labels=labels, **tensors)
+    with pytest.raises(ValueError, match=reason) as error:
+        load_synthetic_set(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_set_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no synthetic set"):
+        load_synthetic_set(tmp_path)
