@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 SIGNAL_KEY = "class_signal"
-WEIGHTINGS = ("signal", "uniform")
+WEIGHTINGS = ("snr", "signal", "uniform")
+_NO_NOISE = 1e-12  # a site that added no noise: its releases' signal-to-noise ratio is unbounded
 
 
 def signal_problem(claim: dict, num_classes: int) -> str | None:
@@ -33,18 +34,24 @@ def signal_problem(claim: dict, num_classes: int) -> str | None:
 
 
 def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[float] | None], num_classes: int,
-                 weighting: str = "signal") -> torch.Tensor | None:
+                 weighting: str = "signal", noise_multipliers: Sequence[float] | None = None) -> torch.Tensor | None:
     """One weight per pooled image (sites in `labels` order), mean 1 within each class; None means uniform.
 
-    `signal`: an image of class c from site s weighs signals[s][c]² — inverse-variance weighting, as
-    the noise in the direction of a release is ∝ 1/signal (on a 10-site Dirichlet pool at ε = 10,
-    one training seed: uniform 74.0 %, ∝ signal 74.9 %, ∝ signal² 75.1 %). A class whose images all
-    carry no signal keeps uniform weights. Uniform when asked, or when any site sent no signal.
+    A release of class c at site s is the clipped sum (norm ≈ signals[s][c]·C) plus noise of norm
+    ≈ σ_s·C·√d, so the error in its direction has variance ∝ σ_s²/signals[s][c]², and its images
+    are weighed by the inverse: `snr` weighs (signals[s][c] / σ_s)² — sites of few records run at a
+    higher sampling rate and need a larger σ for the same ε; `signal` weighs signals[s][c]², as if
+    every site's σ were the same. A class whose images all carry no signal keeps uniform weights.
+    Uniform when asked, or when any site sent no signal.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown pool weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if weighting == "uniform" or not labels or any(s is None for s in signals):
         return None
+    if weighting == "snr":
+        if noise_multipliers is None or len(noise_multipliers) != len(signals):
+            raise ValueError("snr weighting needs each site's noise multiplier")
+        signals = [[v / max(float(sigma), _NO_NOISE) for v in signal] for signal, sigma in zip(signals, noise_multipliers)]
     pooled = torch.cat(list(labels))
     raw = torch.cat([torch.as_tensor(signal, dtype=torch.float64).square()[site_labels]
                      for site_labels, signal in zip(labels, signals)])

@@ -132,14 +132,14 @@ def main(grid: Grid, context: Context) -> None:
     train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
     weights = pool_weights([u.labels for u in accepted], [u.claim.get(SIGNAL_KEY) for u in accepted], test.num_classes,
-                           weighting)
+                           weighting, noise_multipliers=[float(u.claim["noise_multiplier"]) for u in accepted])
     model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                              weights=weights)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
-               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else "signal"}
+               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else weighting}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model, pool_weights=weights)
     print("\n" + privacy_markdown(sites), flush=True)
