@@ -352,6 +352,7 @@ def distill(
                 num_classes, _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
+    dimension = sum(p.numel() for p in _network(dataset, config).parameters() if p.requires_grad)  # numbers per release
     claim = {
         "format": "fedsynth-claim/1",
         "run_id": run_id,
@@ -369,8 +370,8 @@ def distill(
         "sha256": content_hash(images, labels),
         "config": config_dict,
         "seed": config.seed,
-        "class_signal": class_signal(signal_sq, signal_releases, mech,
-                                     sum(p.numel() for p in _network(dataset, config).parameters() if p.requires_grad)),
+        "class_signal": class_signal(signal_sq, signal_releases, mech, dimension),
+        "release_dimension": dimension,
         "versions": library_versions(),
     }
     ledger.record_release(run_id, claim["sha256"])  # recorded before anything is written out

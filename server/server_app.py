@@ -19,7 +19,7 @@ from common.payload import PayloadError, from_record, payload_bytes, read_teleme
 from common.signing import load_public_key
 from common.versions import library_versions
 from server.collect import stream_replies
-from server.pool import SIGNAL_KEY, WEIGHTINGS, pool_weights
+from server.pool import SIGNAL_KEY, WEIGHTINGS, pool_weights, release_noise
 from server.report import privacy_markdown, write_outputs
 from server.validation import UploadPolicy, Verdict, check_upload
 
@@ -132,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
     train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
     weights = pool_weights([u.labels for u in accepted], [u.claim.get(SIGNAL_KEY) for u in accepted], test.num_classes,
-                           weighting, noise_multipliers=[float(u.claim["noise_multiplier"]) for u in accepted])
+                           weighting, noise=[release_noise(u.claim) for u in accepted])
     model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                              weights=weights)
     acc = accuracy(model, test)

@@ -243,11 +243,14 @@ def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_m
         sums = original(self, x, labels, classes)
         for j, c in enumerate(classes):
             squares[c].append(sum(float(s[j].pow(2).sum()) for s in sums))
+            dimensions.add(sum(s[j].numel() for s in sums))
         return sums
 
+    dimensions = set()
     monkeypatch.setattr(NoisyClassGradients, "__call__", spy)
-    signal = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False,
-                  noise_multiplier=0.0).synthetic.claim["class_signal"]
+    claim = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False, noise_multiplier=0.0).synthetic.claim
+    signal = claim["class_signal"]
+    assert [claim["release_dimension"]] == list(dimensions)  # the numbers in each release, d of σ·√d
     assert signal == pytest.approx([math.sqrt(sum(v) / len(v)) for v in squares.values()], rel=1e-4, abs=1e-6)
     assert signal[4] == 0.0 and signal[5] <= 1.0 + 1e-6  # no records; one record clipped to C = 1
     assert min(s for c, s in enumerate(signal) if c not in (4, 5)) > 1.0  # several records per release

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from server.pool import pool_weights, signal_problem
+from server.pool import pool_weights, release_noise, signal_problem
 
 LABELS = [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])]
 
@@ -16,37 +16,44 @@ def test_weights_follow_the_squared_signal_with_mean_one_per_class():
         assert weights[pooled == c].mean() == pytest.approx(1.0)
 
 
-def test_snr_divides_each_sites_signal_by_its_noise_multiplier():
-    """Equal signal, σ 1 against 3: the noisier site's releases have 9× the variance, its images 1/9 the weight."""
-    weights = pool_weights(LABELS, [[3.0, 1.0], [3.0, 1.0]], num_classes=2, weighting="snr", noise_multipliers=[1.0, 3.0])
-    assert weights.tolist() == pytest.approx([1.8, 1.8, 1.8, 1.8, 0.2, 0.2, 0.2, 0.2])
-    same_sigma = pool_weights(LABELS, [[3.0, 1.0], [1.0, 0.0]], num_classes=2, weighting="snr", noise_multipliers=[2.0, 2.0])
-    assert same_sigma.tolist() == pytest.approx(pool_weights(LABELS, [[3.0, 1.0], [1.0, 0.0]], 2, "signal").tolist())
+def test_matched_weighs_by_signal_times_the_released_norm_over_the_noise_energy():
+    """w ∝ S·√(S² + ν²)/ν²: S 3 and 4 at ν = 4 weigh 3·5 : 4·√32, i.e. 15 : 22.63."""
+    weights = pool_weights(LABELS, [[3.0, 1.0], [4.0, 1.0]], num_classes=2, weighting="matched", noise=[4.0, 4.0])
+    ratio = 3 * 5 / (4 * 32 ** 0.5)
+    assert weights[0] / weights[4] == pytest.approx(ratio)
+    assert weights[torch.cat(LABELS) == 0].mean() == pytest.approx(1.0)
 
 
-def test_snr_without_noise_multipliers_is_refused():
-    with pytest.raises(ValueError, match="noise multiplier"):
-        pool_weights(LABELS, [[3.0, 1.0], [1.0, 0.0]], num_classes=2, weighting="snr")
+def test_matched_is_linear_in_signal_under_heavy_noise_and_quadratic_under_little():
+    heavy = pool_weights(LABELS, [[1.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched", noise=[1e4, 1e4])
+    assert heavy[4] / heavy[0] == pytest.approx(2.0, rel=1e-6)  # ∝ S: small ε, every image still counts
+    light = pool_weights(LABELS, [[1.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched", noise=[1e-3, 1e-3])
+    assert light[4] / light[0] == pytest.approx(4.0, rel=1e-4)  # ∝ S²: the signal weighting's regime
+    noisier_site = pool_weights(LABELS, [[2.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched", noise=[10.0, 20.0])
+    # the same signal under twice the noise, noise-dominated: ≈ half the weight (2·√104/100 : 2·√404/400)
+    assert noisier_site[0] / noisier_site[4] == pytest.approx((104 ** 0.5 / 100) / (404 ** 0.5 / 400))
 
 
-def test_a_site_without_noise_outweighs_a_noisy_one_and_all_noiseless_is_signal_weighting():
-    weights = pool_weights(LABELS, [[1.0, 1.0], [5.0, 5.0]], num_classes=2, weighting="snr", noise_multipliers=[0.0, 1.0])
-    assert weights.tolist() == pytest.approx([2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0])
-    noiseless = pool_weights(LABELS, [[3.0, 1.0], [1.0, 0.0]], num_classes=2, weighting="snr", noise_multipliers=[0.0, 0.0])
-    assert noiseless.tolist() == pytest.approx([1.8, 1.8, 2.0, 2.0, 0.2, 0.2, 0.0, 0.0])
+def test_matched_falls_back_to_uniform_without_every_sites_release_noise():
+    assert pool_weights(LABELS, [[3.0, 1.0], [4.0, 1.0]], num_classes=2, weighting="matched") is None
+    assert pool_weights(LABELS, [[3.0, 1.0], [4.0, 1.0]], num_classes=2, weighting="matched", noise=[4.0, None]) is None
 
 
-@pytest.mark.parametrize("weighting", ["signal", "snr"])
+def test_release_noise_is_sigma_times_root_dimension():
+    assert release_noise({"noise_multiplier": 2.0, "release_dimension": 25}) == pytest.approx(10.0)
+    assert release_noise({"noise_multiplier": 2.0}) is None
+
+
+@pytest.mark.parametrize("weighting", ["signal", "matched"])
 def test_a_class_no_site_showed_signal_for_keeps_uniform_weights(weighting):
-    weights = pool_weights(LABELS, [[2.0, 0.0], [2.0, 0.0]], num_classes=2, weighting=weighting,
-                           noise_multipliers=[1.0, 1.0])
+    weights = pool_weights(LABELS, [[2.0, 0.0], [2.0, 0.0]], num_classes=2, weighting=weighting, noise=[1.0, 1.0])
     assert weights.tolist() == pytest.approx([1.0] * 8)
     class_one = torch.cat(LABELS) == 1
-    noisier = pool_weights(LABELS, [[2.0, 0.0], [2.0, 0.0]], 2, weighting, noise_multipliers=[1.0, 2.0])
+    noisier = pool_weights(LABELS, [[2.0, 0.0], [2.0, 0.0]], 2, weighting, noise=[1.0, 2.0])
     assert noisier[class_one].tolist() == pytest.approx([1.0] * 4)
 
 
-@pytest.mark.parametrize("signals,weighting", [([[3.0, 1.0], None], "signal"), ([[3.0, 1.0], None], "snr"),
+@pytest.mark.parametrize("signals,weighting", [([[3.0, 1.0], None], "signal"), ([[3.0, 1.0], None], "matched"),
                                                ([[3.0, 1.0], [1.0, 0.0]], "uniform")])
 def test_uniform_when_asked_or_when_a_site_sent_no_signal(signals, weighting):
     assert pool_weights(LABELS, signals, num_classes=2, weighting=weighting) is None
@@ -59,7 +66,10 @@ def test_unknown_weighting_is_refused():
 
 @pytest.mark.parametrize("claim,problem", [({}, None), ({"class_signal": [0, 2.5]}, None),
                                            ({"class_signal": [1.0]}, "schema"), ({"class_signal": [1.0, float("nan")]}, "values"),
-                                           ({"class_signal": {"0": 1.0, "1": 1.0}}, "schema")])
+                                           ({"class_signal": {"0": 1.0, "1": 1.0}}, "schema"),
+                                           ({"class_signal": [1.0, 1.0], "release_dimension": 100}, None),
+                                           ({"class_signal": [1.0, 1.0], "release_dimension": 0}, "values"),
+                                           ({"release_dimension": 2.5}, "values"), ({"release_dimension": True}, "values")])
 def test_signal_problems_are_named(claim, problem):
     found = signal_problem(claim, num_classes=2)
     assert (found is None) if problem is None else found.startswith(problem)

@@ -73,6 +73,8 @@ def _tampered_after_signing():
         (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + [-0.5])), "values: class_signal"),
         (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + ["1"])), "values: class_signal"),
         (lambda: _upload(claim_edit=lambda c: c.update(class_signal=[1.0] * 9 + [True])), "values: class_signal"),
+        (lambda: _upload(claim_edit=lambda c: c.update(release_dimension=-3)), "values: release_dimension"),
+        (lambda: _upload(claim_edit=lambda c: c.update(release_dimension="24138")), "values: release_dimension"),
         (lambda: _upload(sigma=0.3), "policy: ε="),
         (lambda: _upload(sigma=0.0), "policy: ε="),
     ],
@@ -84,7 +86,7 @@ def test_bad_upload_is_rejected_with_its_reason(make, reason):
 
 
 def test_upload_with_a_class_signal_is_accepted():
-    assert _check(_upload(claim_edit=lambda c: c.update(class_signal=[0.0, 3.5] * 5))).accepted
+    assert _check(_upload(claim_edit=lambda c: c.update(class_signal=[0.0, 3.5] * 5, release_dimension=24138))).accepted
 
 
 def test_unknown_site_key_is_rejected():
