@@ -44,7 +44,7 @@ def release_noise(claim: dict) -> float | None:
 
 
 def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[float] | None], num_classes: int,
-                 weighting: str = "signal", noise: Sequence[float | None] | None = None) -> torch.Tensor | None:
+                 weighting: str, noise: Sequence[float | None] | None = None) -> torch.Tensor | None:
     """One weight per pooled image (sites in `labels` order), mean 1 within each class; None means uniform.
 
     A release of class c at site s is the clipped sum, norm S = signals[s][c] (units of C), plus

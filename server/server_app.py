@@ -29,7 +29,7 @@ REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "b
                 "replay-epochs", "replay-lr-end", "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 # what the per-site table keeps from each claim: the mechanism, and the site's public seed to reproduce its run
 CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed",
-                 "class_signal")
+                 "class_signal", "release_dimension")
 
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
@@ -73,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     min_sites = int(cfg["min-sites"])
     test = load_dataset(str(cfg["dataset"]), train=False)
-    weighting = str(cfg.get("pool-weighting", "signal"))
+    weighting = str(cfg.get("pool-weighting", "uniform"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     nodes = _wait_for_sites(grid, int(cfg["expected-sites"]), min_sites, float(cfg["connect-timeout"]))

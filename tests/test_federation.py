@@ -52,7 +52,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     before = _leftovers()
 
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 min-sites=2 expected-sites=4 output-dir="{out}" '
+    rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{home}"',
                         timeout=900)
     assert rc == 0
@@ -70,8 +70,9 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     # each site distils from its own public seed (one shared seed made similar sites distil near-copies)
     assert by_site["site-0"]["seed"] == site_seed(0, "site-0") != by_site["site-3"]["seed"] == site_seed(0, "site-3")
     assert metrics["accuracy"] > 0.2  # chance is 0.1
-    # every accepted site sent its per-class release signal, so the server weighed the pool by it
-    assert metrics["pool_weighting"] == "signal" and len(by_site["site-0"]["class_signal"]) == 10
+    # every accepted site sent its per-class release signal and release dimension, so the server weighed the pool
+    assert metrics["pool_weighting"] == "matched" and len(by_site["site-0"]["class_signal"]) == 10
+    assert by_site["site-0"]["release_dimension"] == by_site["site-3"]["release_dimension"] > 0
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
     assert pool["weights"].shape == (2 * 2 * 10,) and pool["weights"].mean() == pytest.approx(1.0, rel=1e-5)
