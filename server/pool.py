@@ -61,14 +61,16 @@ def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[floa
         raise ValueError(f"unknown pool weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if weighting == "uniform" or not labels or any(s is None for s in signals):
         return None
-    if weighting == "matched":
+    strength = [torch.as_tensor(signal, dtype=torch.float64) for signal in signals]  # S per site and class
+    if weighting == "signal":
+        per_site = [s.square() for s in strength]
+    else:  # matched
         if noise is None or len(noise) != len(signals) or any(v is None for v in noise):
             return None
-        signals = [[math.sqrt(v * math.sqrt(v * v + nu * nu) / (nu * nu)) for v in signal]  # squared below
-                   for signal, nu in zip(signals, (max(float(v), _NO_NOISE) for v in noise))]
+        nus = (max(float(v), _NO_NOISE) for v in noise)
+        per_site = [s * (s.square() + nu * nu).sqrt() / (nu * nu) for s, nu in zip(strength, nus)]
     pooled = torch.cat(list(labels))
-    raw = torch.cat([torch.as_tensor(signal, dtype=torch.float64).square()[site_labels]
-                     for site_labels, signal in zip(labels, signals)])
+    raw = torch.cat([site_weights[site_labels] for site_labels, site_weights in zip(labels, per_site)])
     weights = torch.ones_like(raw)
     for c in range(num_classes):
         members = pooled == c
