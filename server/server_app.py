@@ -19,7 +19,7 @@ from common.payload import PayloadError, from_record, payload_bytes, read_teleme
 from common.signing import load_public_key
 from common.versions import library_versions
 from server.collect import stream_replies
-from server.pool import SIGNAL_KEY, WEIGHTINGS, pool_weights, release_noise
+from server.pool import SIGNAL_KEY, WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
 from server.report import privacy_markdown, write_outputs
 from server.validation import UploadPolicy, Verdict, check_upload
 
@@ -131,15 +131,21 @@ def main(grid: Grid, context: Context) -> None:
     labels = torch.cat([u.labels for u in accepted])
     train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
-    weights = pool_weights([u.labels for u in accepted], [u.claim.get(SIGNAL_KEY) for u in accepted], test.num_classes,
-                           weighting, noise=[release_noise(u.claim) for u in accepted])
+    signals, noise = [u.claim.get(SIGNAL_KEY) for u in accepted], [release_noise(u.claim) for u in accepted]
+    releases = [u.claim.get("steps") for u in accepted]
+    chosen, run_snr = choose_weighting(weighting, signals, noise, releases), median_run_snr(signals, noise, releases)
+    if weighting == "auto":
+        print(f"[fedsynth] pool-weighting auto: median run SNR {'unknown' if run_snr is None else f'{run_snr:.3g}'}"
+              f" → {chosen}", flush=True)
+    weights = pool_weights([u.labels for u in accepted], signals, test.num_classes, chosen, noise=noise)
     model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                              weights=weights)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
-               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else weighting}
+               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else chosen,
+               "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model, pool_weights=weights)
     print("\n" + privacy_markdown(sites), flush=True)

@@ -73,6 +73,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     # every accepted site sent its per-class release signal and release dimension, so the server weighed the pool
     assert metrics["pool_weighting"] == "matched" and len(by_site["site-0"]["class_signal"]) == 10
     assert by_site["site-0"]["release_dimension"] == by_site["site-3"]["release_dimension"] > 0
+    assert metrics["pool_weighting_asked"] == "matched" and metrics["pool_run_snr"] >= 0.0  # what `auto` would read
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
     assert pool["weights"].shape == (2 * 2 * 10,) and pool["weights"].mean() == pytest.approx(1.0, rel=1e-5)
