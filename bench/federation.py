@@ -57,6 +57,8 @@ PROFILES = {
     # The same sites; the server weighs each pooled image by its site's class signal (server/pool.py): the default
     # from stop 23 to 24, +0.7 points at ε = 10 but −1.6 at ε = 1
     "cpu-signal": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="signal"', federation_config=None),
+    # the same, the server weighing as `matched` only where the pool's median run SNR is ≥ 1 (server/pool.py)
+    "cpu-auto": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="auto"', federation_config=None),
     # replay off: keeping 10,000 releases of a ConvNet-128 for it would take tens of GB per site
     "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300 replay-epochs=0",
                 federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),
@@ -187,7 +189,7 @@ def main() -> int:
                              "cpu-t60: three times the outer iterations; cpu-w16 / cpu-w8: ConvNet-16 / -8 at the sites; "
                              "cpu-replay3: three replay passes over each site's releases; "
                              "cpu-replay6-decay: today's app (six decayed replay passes); "
-                             "cpu-signal: the same, pool weighted by the sites' class signal; "
+                             "cpu-signal: the same, pool weighted by the sites' class signal; cpu-auto: weighted only where it carried signal; "
                              "gpu: PSG-scale engine, two sites per GPU")
     parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
     parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '
