@@ -54,7 +54,7 @@ def median_run_snr(signals: Sequence[Sequence[float] | None], noise: Sequence[fl
 
     Each release adds S in one direction (about: the networks differ) and independent noise of norm ν, so
     over T releases the signal's energy grows as T²S² and the noise's as Tν². At ε = 10 (ten
-    Dirichlet sites) the median was 3–8, at ε = 1 0.2–0.3. None when a site did not give S, ν or T.
+    Dirichlet sites) the median was 3–7, at ε = 1 0.2–0.3. None when a site did not give S, ν or T.
     """
     if noise is None or releases is None or len(noise) != len(signals) or len(releases) != len(signals):
         return None
@@ -91,7 +91,7 @@ def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[floa
     u's share is S/√(S² + ν²), the noise's variance ∝ ν²/(S² + ν²), so the matched filter weighs
     them by S·√(S² + ν²)/ν² (`matched`): ∝ S/ν where noise dominates (small ε; weighing by S² there
     cost 2.3 points at ε = 1), → S²/ν² where signal does. `signal` weighs S², as if ν were the same
-    everywhere and small. `auto` is one of the two, by `choose_weighting` (`releases`: each site's T).
+    everywhere and small. `auto` becomes `matched` or uniform by `choose_weighting` (`releases`: each site's T).
     A class whose images all carry no signal keeps uniform weights. Uniform when asked, or when any
     site sent no signal (or, for `matched`, no release noise).
     """
