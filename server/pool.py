@@ -65,9 +65,8 @@ def median_run_snr(signals: Sequence[Sequence[float] | None], noise: Sequence[fl
     return statistics.median(cells) if cells else None
 
 
-def choose_weighting(weighting: str, signals: Sequence[Sequence[float] | None], noise: Sequence[float | None] | None = None,
-                     releases: Sequence[int | None] | None = None) -> str:
-    """The weighting a pool gets: `auto` becomes `matched` where the median run SNR is ≥ 1, else `uniform`.
+def choose_weighting(weighting: str, run_snr: float | None = None) -> str:
+    """The weighting a pool gets: `auto` becomes `matched` where `run_snr` (`median_run_snr`) is ≥ 1, else `uniform`.
 
     Weighing by signal helped where the releases mostly carried signal (ε = 10: +0.7 points) and
     cost points where they mostly carried noise (ε = 1: −0.6 to −1.2), where every noisy image
@@ -77,8 +76,7 @@ def choose_weighting(weighting: str, signals: Sequence[Sequence[float] | None], 
         raise ValueError(f"unknown pool weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if weighting != "auto":
         return weighting
-    snr = median_run_snr(signals, noise, releases)
-    return "matched" if snr is not None and snr >= AUTO_MIN_RUN_SNR else "uniform"
+    return "matched" if run_snr is not None and run_snr >= AUTO_MIN_RUN_SNR else "uniform"
 
 
 def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[float] | None], num_classes: int,
@@ -95,7 +93,7 @@ def pool_weights(labels: Sequence[torch.Tensor], signals: Sequence[Sequence[floa
     A class whose images all carry no signal keeps uniform weights. Uniform when asked, or when any
     site sent no signal (or, for `matched`, no release noise).
     """
-    weighting = choose_weighting(weighting, signals, noise, releases)
+    weighting = choose_weighting(weighting, median_run_snr(signals, noise, releases) if weighting == "auto" else None)
     if weighting == "uniform" or not labels or any(s is None for s in signals):
         return None
     strength = [torch.as_tensor(signal, dtype=torch.float64) for signal in signals]  # S per site and class

@@ -133,7 +133,8 @@ def main(grid: Grid, context: Context) -> None:
                                augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
     signals, noise = [u.claim.get(SIGNAL_KEY) for u in accepted], [release_noise(u.claim) for u in accepted]
     releases = [u.claim.get("steps") for u in accepted]
-    chosen, run_snr = choose_weighting(weighting, signals, noise, releases), median_run_snr(signals, noise, releases)
+    run_snr = median_run_snr(signals, noise, releases)
+    chosen = choose_weighting(weighting, run_snr)
     if weighting == "auto":
         print(f"[fedsynth] pool-weighting auto: median run SNR {'unknown' if run_snr is None else f'{run_snr:.3g}'}"
               f" → {chosen}", flush=True)

@@ -54,22 +54,22 @@ def test_median_run_snr_is_releases_times_signal_energy_over_noise_energy():
 def test_auto_weighs_as_matched_only_where_most_cells_carried_more_signal_than_noise():
     signals, noise = [[3.0, 1.0], [4.0, 1.0]], [40.0, 40.0]  # per release S²/ν² ≈ 0.0006–0.01
     # 100 releases: cells 0.56, 0.06, 1.0, 0.06 → median 0.31 < 1: the releases were mostly noise
-    assert choose_weighting("auto", signals, noise, releases=[100, 100]) == "uniform"
+    assert choose_weighting("auto", median_run_snr(signals, noise, releases=[100, 100])) == "uniform"
     assert pool_weights(LABELS, signals, 2, "auto", noise=noise, releases=[100, 100]) is None
     # the same releases, 1000 of them: cells 5.6, 0.6, 10, 0.6 → median 3.1 ≥ 1
-    assert choose_weighting("auto", signals, noise, releases=[1000, 1000]) == "matched"
+    assert choose_weighting("auto", median_run_snr(signals, noise, releases=[1000, 1000])) == "matched"
     assert pool_weights(LABELS, signals, 2, "auto", noise=noise, releases=[1000, 1000]).tolist() == pytest.approx(
         pool_weights(LABELS, signals, 2, "matched", noise=noise).tolist())
     # one loud cell does not flip it: the median, not the mean
-    assert choose_weighting("auto", [[300.0, 1.0], [1.0, 1.0]], noise, releases=[100, 100]) == "uniform"
+    assert choose_weighting("auto", median_run_snr([[300.0, 1.0], [1.0, 1.0]], noise, releases=[100, 100])) == "uniform"
 
 
 def test_auto_is_uniform_without_what_it_needs_and_other_weightings_pass_through():
-    assert choose_weighting("auto", [[3.0, 1.0], None], [1.0, 1.0], [100, 100]) == "uniform"
-    assert choose_weighting("auto", [[3.0, 1.0], [3.0, 1.0]], [1.0, 1.0], [100, None]) == "uniform"
-    assert choose_weighting("signal", [[3.0, 1.0], None]) == "signal"
+    assert choose_weighting("auto", median_run_snr([[3.0, 1.0], None], [1.0, 1.0], [100, 100])) == "uniform"
+    assert choose_weighting("auto", median_run_snr([[3.0, 1.0], [3.0, 1.0]], [1.0, 1.0], [100, None])) == "uniform"
+    assert choose_weighting("signal", None) == "signal"
     with pytest.raises(ValueError, match="unknown pool weighting"):
-        choose_weighting("count", [[1.0, 1.0]])
+        choose_weighting("count")
 
 
 @pytest.mark.parametrize("weighting", ["signal", "matched"])
