@@ -33,7 +33,7 @@ from bench.results_io import SHARED_SEED_NOTE, merge_rows, percent, read_rows, s
 RESULTS = ROOT / "bench" / "results"
 KEPT = ("metrics.json", "privacy_report.md", "synthetic_pool.png")
 # Engine and simulation settings per machine. `cpu`: the app's defaults before replay passes (its rows were
-# measured so), one site at a time on 2 cores; `cpu-replay3` is today's defaults.
+# measured so), one site at a time on 2 cores; `cpu-auto` is today's defaults.
 # `gpu`: the engine at PSG's scale (ConvNet-128, 1000 × 10 releases) and two sites sharing each GPU.
 PROFILES = {
     "cpu": dict(run_config="replay-epochs=0", federation_config=None),
@@ -53,11 +53,12 @@ PROFILES = {
     "cpu-replay6": dict(run_config="replay-epochs=6", federation_config=None),
     "cpu-replay3-decay": dict(run_config="replay-epochs=3 replay-lr-end=0.1", federation_config=None),
     "cpu-replay6-decay": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="uniform"',
-                              federation_config=None),  # today's defaults
+                              federation_config=None),  # the defaults until stop 26
     # The same sites; the server weighs each pooled image by its site's class signal (server/pool.py): the default
     # from stop 23 to 24, +0.7 points at ε = 10 but −1.6 at ε = 1
     "cpu-signal": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="signal"', federation_config=None),
-    # the same, the server weighing as `matched` only where the pool's median run SNR is ≥ 1 (server/pool.py)
+    # the same, the server weighing as `matched` only where the pool's median run SNR is ≥ 1 (server/pool.py):
+    # today's defaults
     "cpu-auto": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="auto"', federation_config=None),
     # replay off: keeping 10,000 releases of a ConvNet-128 for it would take tens of GB per site
     "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300 replay-epochs=0",

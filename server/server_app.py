@@ -73,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     min_sites = int(cfg["min-sites"])
     test = load_dataset(str(cfg["dataset"]), train=False)
-    weighting = str(cfg.get("pool-weighting", "uniform"))
+    weighting = str(cfg.get("pool-weighting", "auto"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     nodes = _wait_for_sites(grid, int(cfg["expected-sites"]), min_sites, float(cfg["connect-timeout"]))

@@ -13,6 +13,7 @@ from client.client_app import site_seed
 from common.ledger import Ledger
 from common.privacy.accounting import Mechanism
 from common.simulation import run_simulation
+from server.pool import choose_weighting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ('dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
@@ -113,4 +114,7 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     timed_out = [s for s in metrics["sites"] if s["reason"] == "no reply before the timeout"]
     assert len(timed_out) == 1 and not timed_out[0]["accepted"]
     assert metrics["sites_accepted"] == 3 and metrics["status"] == "completed"
+    # the app's default weighting, resolved by the recorded median run SNR
+    assert metrics["pool_weighting_asked"] == "auto"
+    assert metrics["pool_weighting"] == choose_weighting("auto", metrics["pool_run_snr"])
     assert _leftovers(wait=30) == before  # the late site's worker was stopped too
