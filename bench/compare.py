@@ -73,7 +73,12 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "rounds": 1, "bytes_total": sum(s["upload_bytes"] for s in accepted), "seconds": m["wall_seconds"],
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
-            "site_seeding": site_seeding(m["sites"])}
+            "site_seeding": site_seeding(m["sites"]), **_pool_choice(m)}
+
+
+def _pool_choice(metrics: dict) -> dict:
+    """The weighting the server chose for the pool and the median run SNR it chose by (absent in older rounds)."""
+    return {"pool_weighting": metrics.get("pool_weighting", "uniform"), "pool_run_snr": metrics.get("pool_run_snr")}
 
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
@@ -104,7 +109,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
-                    "site_seeding": row["site_seeding"],
+                    "site_seeding": row["site_seeding"], **_pool_choice(json.loads((ROOT / row["outputs"] / "metrics.json").read_text())),
                     "source": f"bench/federation.py ({row['outputs']})"}
     return None
 
@@ -176,7 +181,11 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     seconds = [r["seconds"] for r in runs] + ([earlier["seconds"]] * len(kept) if kept else [])
     peak = max([r["peak_rss_mb"] for r in runs] + ([earlier["peak_rss_mb"]] if kept else []))
     central = method.startswith("central")
-    return {**runs[-1], "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
+    # per seed, the pool weighting the server chose and the run SNR it chose by (fedsynth rows)
+    chosen = {**(earlier or {}).get("pool_weighting_by_seed", {}),
+              **{str(seed): [r["pool_weighting"], r["pool_run_snr"]] for seed, r in zip(to_run, runs) if "pool_weighting" in r}}
+    return {**{k: v for k, v in runs[-1].items() if k not in ("pool_weighting", "pool_run_snr")},
+            **({"pool_weighting_by_seed": chosen} if chosen else {}), "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
             "partition": "central" if central else partition, "alpha": alpha if partition == "dirichlet" else None,
             "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,

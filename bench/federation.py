@@ -117,6 +117,8 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         "outputs": f"bench/results/federation/{name}",
         "config": metrics["config"],
         "server_augment": metrics["train_config"]["augment"],
+        "pool_weighting": metrics.get("pool_weighting"),  # what the server chose (`auto` resolves by the run SNR)
+        "pool_run_snr": metrics.get("pool_run_snr"),
         "federation_config": federation_config,
         "seed": seed,
         "versions": library_versions(),
