@@ -109,7 +109,8 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
-                    "site_seeding": row["site_seeding"], **_pool_choice(json.loads((ROOT / row["outputs"] / "metrics.json").read_text())),
+                    "site_seeding": row["site_seeding"],
+                    **_pool_choice(json.loads((ROOT / row["outputs"] / "metrics.json").read_text())),
                     "source": f"bench/federation.py ({row['outputs']})"}
     return None
 
@@ -183,9 +184,11 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     central = method.startswith("central")
     # per seed, the pool weighting the server chose and the run SNR it chose by (fedsynth rows)
     chosen = {**(earlier or {}).get("pool_weighting_by_seed", {}),
-              **{str(seed): [r["pool_weighting"], r["pool_run_snr"]] for seed, r in zip(to_run, runs) if "pool_weighting" in r}}
-    return {**{k: v for k, v in runs[-1].items() if k not in ("pool_weighting", "pool_run_snr")},
-            **({"pool_weighting_by_seed": chosen} if chosen else {}), "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
+              **{str(seed): [r["pool_weighting"], r["pool_run_snr"]] for seed, r in zip(to_run, runs)
+                 if "pool_weighting" in r}}
+    last = {k: v for k, v in runs[-1].items() if k not in ("pool_weighting", "pool_run_snr")}
+    return {**last, **({"pool_weighting_by_seed": chosen} if chosen else {}),
+            "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
             "partition": "central" if central else partition, "alpha": alpha if partition == "dirichlet" else None,
             "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
