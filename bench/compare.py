@@ -77,7 +77,8 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
 
 
 def _pool_choice(metrics: dict) -> dict:
-    """The weighting the server chose for the pool and the median run SNR it chose by (absent in older rounds)."""
+    """The weighting the server chose for the pool and the median run SNR it chose by, from a round's metrics.json
+    or a federation-bench row (absent in older rounds)."""
     return {"pool_weighting": metrics.get("pool_weighting", "uniform"), "pool_run_snr": metrics.get("pool_run_snr")}
 
 
@@ -110,7 +111,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],
                     "site_seeding": row["site_seeding"],
-                    **_pool_choice(json.loads((ROOT / row["outputs"] / "metrics.json").read_text())),
+                    **_pool_choice(row),
                     "source": f"bench/federation.py ({row['outputs']})"}
     return None
 
