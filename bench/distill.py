@@ -72,6 +72,10 @@ PROFILES = {
     # release and 1/k of the outer iterations of the cpu profile at each ε
     **{f"w{w}-b{k}x-replay6-decay": _larger_releases(k, width=w, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000)
        for w in (64, 128) for k in (2, 4)},
+    # releasing (and matching) only the last N weight layers' gradients: the same noise per coordinate on fewer
+    # coordinates that share the whole clip norm; N = 1 (the classifier) is in effect DP distribution matching
+    **{f"cpu-replay3-release{n}": _cpu_variant(replay_epochs=3, release_layers=n) for n in (1, 2, 3)},
+    **{f"w{w}-replay3-release1": _cpu_variant(width=w, replay_epochs=3, release_layers=1) for w in (64, 128)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),

@@ -78,6 +78,10 @@ class DistillConfig:
     batch_per_class: float = 64.0  # expected real records per class per release; sets q
     sample_rate: float | None = None  # give q directly instead
     clip_norm: float = 1.0
+    release_layers: int = 0  # release (and match) only the weights of the network's last N conv/linear layers;
+    # 0 releases every parameter. Fewer coordinates carry the same noise per coordinate but the whole clip norm
+    # C, so each released layer gets more signal per unit of noise; 1 (the classifier alone) matches what are in
+    # effect class means of the last features, as DP distribution matching does.
     width: int = 32
     depth: int = 3
     norm: str = "instancenorm"
@@ -153,6 +157,8 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         raise ValueError(f"unknown accountant {config.accountant!r}")
     if config.iterations < 1 or config.inner_steps < 1 or config.image_steps < 1:
         raise ValueError("iterations, inner steps and image steps must be at least 1")
+    if config.release_layers < 0:
+        raise ValueError(f"release layers must be >= 0 (0: all), got {config.release_layers}")
     if config.replay_epochs < 0 or not (0.0 < config.replay_lr_end <= 1.0):
         raise ValueError(f"replay epochs must be >= 0 and replay-lr-end in (0, 1], got {config.replay_epochs} and "
                          f"{config.replay_lr_end}")
@@ -179,6 +185,19 @@ def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
 def _network(dataset: ImageDataset, config: DistillConfig) -> ConvNet:
     c, h, _ = dataset.image_shape
     return ConvNet(c, dataset.num_classes, h, config.width, config.depth, config.norm)
+
+
+def released_names(net: torch.nn.Module, layers: int) -> list[str]:
+    """The parameters a release carries: all trainable ones (`layers` 0), else the weights of the last `layers`
+    conv/linear layers. Biases and norm scales are never matched (`matching_distance` skips 1-D tensors), so a
+    partial release leaves them out rather than spend clip norm and noise on them."""
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    if layers == 0:
+        return names
+    weights = [n for n, p in net.named_parameters() if p.requires_grad and p.ndim > 1]
+    if layers > len(weights):
+        raise ValueError(f"release_layers={layers} but the network has only {len(weights)} weight layers")
+    return weights[-layers:]
 
 
 def _generator(seed: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
@@ -313,7 +332,8 @@ def distill(
             net = _network(dataset, config)
         net = net.to(dev)
         twin = copy.deepcopy(net)  # hook-free twin for the synthetic passes; it computes with net's own parameters
-        releaser = NoisyClassGradients(net, mech.clip_norm, mech.noise_multiplier, noise)
+        released = released_names(net, config.release_layers)
+        releaser = NoisyClassGradients(net, mech.clip_norm, mech.noise_multiplier, noise, released)
         params = {name: p for name, p in net.named_parameters() if p.requires_grad}
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
         loss_sum = 0.0
@@ -328,8 +348,8 @@ def distill(
             if config.replay_epochs:
                 kept.add(params, syn_views, targets)
             for _ in range(config.image_steps):  # post-processing: S may chase the released targets several times
-                loss_sum += _match_step(image_opt, synthetic, twin, params, syn_views, targets, augmenter,
-                                        num_classes) / config.image_steps
+                loss_sum += _match_step(image_opt, synthetic, twin, params, released, syn_views, targets,
+                                        augmenter, num_classes) / config.image_steps
             if k < config.inner_steps - 1:
                 _train_net_on_synthetic(twin, params, net_opt, synthetic.detach(), labels.to(dev), config.net_steps,
                                         augmenter, public)
@@ -348,11 +368,13 @@ def distill(
             on_iteration(done)
     bar.close()
     if config.replay_epochs and kept:
-        _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, augmenter,
-                num_classes, _generator(config.seed * 1_000_003), progress)
+        _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released_names(
+            twin, config.release_layers), augmenter, num_classes, _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
-    dimension = sum(p.numel() for p in _network(dataset, config).parameters() if p.requires_grad)  # numbers per release
+    template = _network(dataset, config)
+    shapes = dict(template.named_parameters())
+    dimension = sum(shapes[n].numel() for n in released_names(template, config.release_layers))  # numbers per release
     claim = {
         "format": "fedsynth-claim/1",
         "run_id": run_id,
@@ -386,6 +408,7 @@ def _match_step(
     synthetic: torch.Tensor,
     twin: torch.nn.Module,
     params: dict[str, torch.Tensor],
+    released: Sequence[str],
     views: AugmentParams | None,
     targets: list[torch.Tensor],
     augmenter: Augmenter | None,
@@ -394,7 +417,7 @@ def _match_step(
     """One update of S towards one release's noised class gradients, every class in one pass; returns the distance."""
     image_opt.zero_grad(set_to_none=True)
     syn = synthetic if views is None else augmenter.apply(synthetic, views)  # each class sees its real batch's view
-    syn_grads = _class_gradients(twin, params, syn.view(num_classes, -1, *syn.shape[1:]))
+    syn_grads = _class_gradients(twin, params, released, syn.view(num_classes, -1, *syn.shape[1:]))
     loss = matching_distance(targets, syn_grads, batch_dims=1).sum()
     torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
     image_opt.step()
@@ -404,8 +427,8 @@ def _match_step(
 
 
 def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.optim.Optimizer,
-            synthetic: torch.Tensor, twin: torch.nn.Module, augmenter: Augmenter | None, num_classes: int,
-            order: torch.Generator, progress: bool) -> None:
+            synthetic: torch.Tensor, twin: torch.nn.Module, released: Sequence[str], augmenter: Augmenter | None,
+            num_classes: int, order: torch.Generator, progress: bool) -> None:
     """Match every kept release again, `epochs` times in a public random order: post-processing of the releases.
 
     The image learning rate decays linearly to `lr_end` × its value over the passes (1: constant).
@@ -416,8 +439,8 @@ def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.opt
     for _ in range(epochs):
         for i in torch.randperm(len(kept), generator=order).tolist():
             release = kept.releases[i]
-            loss = _match_step(image_opt, synthetic, twin, release.params, release.views, release.targets, augmenter,
-                               num_classes)
+            loss = _match_step(image_opt, synthetic, twin, release.params, released, release.views, release.targets,
+                               augmenter, num_classes)
             decay.step()
             bar.update()
             bar.set_postfix(loss=f"{loss / num_classes:.3f}", refresh=False)
@@ -486,21 +509,24 @@ def _release(
     return [torch.cat(per_param) for per_param in zip(*parts)]
 
 
-def _class_gradients(twin: torch.nn.Module, params: dict[str, torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
-    """∇θ ℓ(f_θ(S_c), c) for every class c at once, [classes, *p.shape] per parameter; differentiable in S.
+def _class_gradients(twin: torch.nn.Module, params: dict[str, torch.Tensor], released: Sequence[str],
+                     images: torch.Tensor) -> list[torch.Tensor]:
+    """∇θ ℓ(f_θ(S_c), c) for every class c at once, [classes, *p.shape] per released parameter; differentiable in S.
 
     `images` is [classes, ipc, C, H, W]; torch.func runs the classes as one batched pass.
     """
+    wanted = {name: params[name] for name in released}
+    fixed = {name: p for name, p in params.items() if name not in wanted}
 
     def class_gradient(class_images: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = functional_call(twin, p, (class_images,))
+            logits = functional_call(twin, {**fixed, **p}, (class_images,))
             return F.cross_entropy(logits, label.expand(class_images.shape[0]), reduction="sum")
 
-        return grad(loss)(params)
+        return grad(loss)(wanted)
 
     per_class = vmap(class_gradient)(images, torch.arange(images.shape[0], device=images.device))
-    return [per_class[name] for name in params]
+    return [per_class[name] for name in released]
 
 
 def _train_net_on_synthetic(

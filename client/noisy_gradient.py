@@ -32,13 +32,27 @@ class NoisyClassGradients:
     """ĝ_c = Σ_{i: y_i = c} clip_C(∇θ ℓ(f(x_i), c)) + N(0, σ²C²I), for the classes asked, from one pass."""
 
     def __init__(
-        self, model: nn.Module, clip_norm: float, noise_multiplier: float, generator: torch.Generator | None = None
+        self, model: nn.Module, clip_norm: float, noise_multiplier: float, generator: torch.Generator | None = None,
+        released: Sequence[str] | None = None,
     ) -> None:
+        """`released` names the parameters whose gradient is released (all trainable ones when None): only
+        they enter the clipped norm and get noise; the others get no per-example gradient at all."""
         if clip_norm <= 0 or noise_multiplier < 0:
             raise ValueError(f"need clip_norm > 0 and noise_multiplier ≥ 0, got {clip_norm}, {noise_multiplier}")
         self.model = model
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        names = list(trainable) if released is None else list(released)
+        unknown = [n for n in names if n not in trainable]
+        if unknown or not names:
+            raise ValueError(f"released parameters must be trainable parameters of the model, got {unknown or names}")
+        self.params = [trainable[n] for n in names]
+        # parameters registered before the first released one (upstream, in a feed-forward net) get no gradient at
+        # all, so a classifier-only release skips the convolutions' backward; Opacus needs every module the backward
+        # reaches to keep its hooks, so later unreleased ones (biases, norms) are computed and left unused
+        order = list(trainable)
+        first = min(order.index(n) for n in names)
+        self.held_back = [trainable[n] for n in order[:first]]
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.generator = generator
@@ -47,10 +61,14 @@ class NoisyClassGradients:
     @contextmanager
     def _hooks(self) -> Iterator[None]:
         self.module.enable_hooks()
+        for p in self.held_back:  # no gradient flows to what is not released (a classifier-only release skips the convs)
+            p.requires_grad_(False)
         try:
             yield
         finally:
             self.module.disable_hooks()
+            for p in self.held_back:
+                p.requires_grad_(True)
             for p in self.params:  # nothing per-example outlives the release
                 p.grad_sample = None
                 p.grad = None
