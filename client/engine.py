@@ -162,7 +162,9 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
     if config.replay_epochs < 0 or not (0.0 < config.replay_lr_end <= 1.0):
         raise ValueError(f"replay epochs must be >= 0 and replay-lr-end in (0, 1], got {config.replay_epochs} and "
                          f"{config.replay_lr_end}")
-    check_private(_network(dataset, config))
+    network = _network(dataset, config)
+    check_private(network)
+    released_names(network, config.release_layers)  # more layers than the network has: refused here, before any spend
 
 
 def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:

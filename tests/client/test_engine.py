@@ -111,7 +111,8 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
     return ImageDataset(torch.rand(dataset.images.shape, generator=gen), dataset.labels.clone(), dataset.classes, "x")
 
 
-@pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2, "replay_lr_end": 0.1}])
+@pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2, "replay_lr_end": 0.1},
+                                             {"release_layers": 1, "replay_epochs": 1}])
 def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, post_processing):
     """Blind the one real-data path: the output must then not depend on the records at all."""
     other = _scrambled(tiny_mnist, 1)
@@ -200,6 +201,8 @@ def test_corrupt_ledger_stops_the_engine(tiny_mnist, tmp_path):
         (dict(norm="batchnorm"), ModelNotPrivateError, "BatchNorm"),
         (dict(replay_epochs=2, replay_lr_end=0.0), ValueError, "replay-lr-end"),
         (dict(replay_epochs=-1), ValueError, "replay epochs"),
+        (dict(release_layers=-1), ValueError, "release layers"),
+        (dict(release_layers=4), ValueError, "only 3 weight layers"),
     ],
 )
 def test_bad_input_is_refused_before_budget_is_spent(tiny_mnist, tmp_path, overrides, error, match):
@@ -233,7 +236,9 @@ def test_federated_site_distils_sparse_and_missing_classes_from_noise(tiny_mnist
     assert torch.isfinite(result.synthetic.images).all()
 
 
-def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("release_layers", [0, 1])
+def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_mnist, tmp_path, monkeypatch,
+                                                                          release_layers):
     keep = torch.cat([torch.nonzero(tiny_mnist.labels == c).flatten()[: (0 if c == 4 else 1 if c == 5 else 30)]
                       for c in range(10)])
     squares = {c: [] for c in range(10)}
@@ -248,7 +253,8 @@ def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_m
 
     dimensions = set()
     monkeypatch.setattr(NoisyClassGradients, "__call__", spy)
-    claim = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False, noise_multiplier=0.0).synthetic.claim
+    claim = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False, noise_multiplier=0.0,
+                 release_layers=release_layers).synthetic.claim
     signal = claim["class_signal"]
     assert [claim["release_dimension"]] == list(dimensions)  # the numbers in each release, d of σ·√d
     assert signal == pytest.approx([math.sqrt(sum(v) / len(v)) for v in squares.values()], rel=1e-4, abs=1e-6)
@@ -285,3 +291,14 @@ def test_classes_sharing_one_pass_distil_the_same_set(tiny_mnist, tmp_path):
     together = _run(tiny_mnist, tmp_path, "together", epsilon=math.inf, classes_per_pass=10).synthetic.images
     assert (apart - together).abs().max() <= 2 / 255  # float summation order only: at most a pixel level or two
     assert (apart != together).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("layers,expected", [(0, None), (1, ["classifier.weight"]),
+                                             (2, ["features.4.weight", "classifier.weight"])])
+def test_partial_release_carries_the_last_weight_layers_only(layers, expected):
+    from client.engine import released_names
+    from common.models import ConvNet
+
+    net = ConvNet(1, 10, 28, width=8, depth=2)
+    names = released_names(net, layers)
+    assert names == (expected or [n for n, _ in net.named_parameters()])

@@ -140,3 +140,29 @@ def test_one_class_release_is_what_opacus_dp_optimizer_computes():
     F.cross_entropy(module(x), torch.full((9,), 4), reduction="sum").backward()
     opt.pre_step()
     assert torch.allclose(ours, torch.cat([p.grad.flatten() for p in params]), rtol=1e-4, atol=1e-7)
+
+
+def test_partial_release_clips_over_the_released_parameters_only():
+    """Released = classifier weight: each record's gradient of that tensor alone is clipped to C and summed; the
+    convolutions release nothing and get no per-example gradient."""
+    net, clip = _net(), 0.05
+    x = torch.randn(10, 1, 28, 28) * 3
+    release = NoisyClassGradients(net, clip_norm=clip, noise_multiplier=0.0, released=["classifier.weight"])
+    got = _release(release, x, 2)
+    assert len(got) == 1 and got[0].shape == (1, *net.classifier.weight.shape)
+    names = [k for k, _ in net.named_parameters()]
+    per = _reference_per_example(_net(), x, 2)
+    start = sum(p.numel() for k, p in net.named_parameters() if names.index(k) < names.index("classifier.weight"))
+    per = per[:, start:start + net.classifier.weight.numel()]
+    assert (per.norm(dim=1) > clip).all(), "test needs gradients larger than the bound"
+    expected = (per * (clip / (per.norm(dim=1) + 1e-6))[:, None]).sum(0)
+    assert torch.allclose(got[0].flatten(), expected, rtol=1e-4, atol=1e-7)
+    for i in range(3):
+        assert _release(release, x[i:i + 1], 2)[0].norm() <= clip * (1 + 1e-4)
+    assert all(p.requires_grad for p in net.parameters())  # the held-back parameters are trainable again
+
+
+@pytest.mark.parametrize("released", [["nope"], []])
+def test_partial_release_refuses_unknown_parameters(released):
+    with pytest.raises(ValueError, match="released parameters"):
+        NoisyClassGradients(_net(), clip_norm=1.0, noise_multiplier=0.0, released=released)
