@@ -76,6 +76,10 @@ PROFILES = {
     # coordinates that share the whole clip norm; N = 1 (the classifier) is in effect DP distribution matching
     **{f"cpu-replay3-release{n}": _cpu_variant(replay_epochs=3, release_layers=n) for n in (1, 2, 3)},
     **{f"w{w}-replay3-release1": _cpu_variant(width=w, replay_epochs=3, release_layers=1) for w in (64, 128)},
+    # one cosine per layer instead of one per output unit (rows weighed by their size, not alike under noise)
+    "cpu-replay3-layercos": _cpu_variant(replay_epochs=3, match_per="layer"),
+    **{f"cpu-replay3-release{n}-layercos": _cpu_variant(replay_epochs=3, release_layers=n, match_per="layer")
+       for n in (1, 2)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from client.matching import matching_distance
+from client.matching import UNITS as MATCH_UNITS, matching_distance
 from client.noisy_gradient import NoisyClassGradients
 from client.release_store import ReleaseStore
 from common.augment import Augmenter, AugmentParams, per_example
@@ -82,6 +82,8 @@ class DistillConfig:
     # 0 releases every parameter. Fewer coordinates carry the same noise per coordinate but the whole clip norm
     # C, so each released layer gets more signal per unit of noise; 1 (the classifier alone) matches what are in
     # effect class means of the last features, as DP distribution matching does.
+    match_per: str = "unit"  # cosine per output unit's gradient row (DC's distance), or "layer": one per layer,
+    # which weighs rows by their size instead of counting a noise-dominated row as much as the loudest
     width: int = 32
     depth: int = 3
     norm: str = "instancenorm"
@@ -157,6 +159,8 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         raise ValueError(f"unknown accountant {config.accountant!r}")
     if config.iterations < 1 or config.inner_steps < 1 or config.image_steps < 1:
         raise ValueError("iterations, inner steps and image steps must be at least 1")
+    if config.match_per not in MATCH_UNITS:
+        raise ValueError(f"match_per must be one of {', '.join(MATCH_UNITS)}, got {config.match_per!r}")
     if config.release_layers < 0:
         raise ValueError(f"release layers must be >= 0 (0: all), got {config.release_layers}")
     if config.replay_epochs < 0 or not (0.0 < config.replay_lr_end <= 1.0):
@@ -351,7 +355,7 @@ def distill(
                 kept.add(params, syn_views, targets)
             for _ in range(config.image_steps):  # post-processing: S may chase the released targets several times
                 loss_sum += _match_step(image_opt, synthetic, twin, params, released, syn_views, targets,
-                                        augmenter, num_classes) / config.image_steps
+                                        augmenter, num_classes, config.match_per) / config.image_steps
             if k < config.inner_steps - 1:
                 _train_net_on_synthetic(twin, params, net_opt, synthetic.detach(), labels.to(dev), config.net_steps,
                                         augmenter, public)
@@ -371,7 +375,8 @@ def distill(
     bar.close()
     if config.replay_epochs and kept:
         _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released_names(
-            twin, config.release_layers), augmenter, num_classes, _generator(config.seed * 1_000_003), progress)
+            twin, config.release_layers), augmenter, num_classes, config.match_per, _generator(config.seed * 1_000_003),
+                progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     template = _network(dataset, config)
@@ -415,12 +420,13 @@ def _match_step(
     targets: list[torch.Tensor],
     augmenter: Augmenter | None,
     num_classes: int,
+    per: str = "unit",
 ) -> float:
     """One update of S towards one release's noised class gradients, every class in one pass; returns the distance."""
     image_opt.zero_grad(set_to_none=True)
     syn = synthetic if views is None else augmenter.apply(synthetic, views)  # each class sees its real batch's view
     syn_grads = _class_gradients(twin, params, released, syn.view(num_classes, -1, *syn.shape[1:]))
-    loss = matching_distance(targets, syn_grads, batch_dims=1).sum()
+    loss = matching_distance(targets, syn_grads, batch_dims=1, per=per).sum()
     torch.autograd.backward(loss, inputs=[synthetic])  # only S learns from the match
     image_opt.step()
     with torch.no_grad():
@@ -430,7 +436,7 @@ def _match_step(
 
 def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.optim.Optimizer,
             synthetic: torch.Tensor, twin: torch.nn.Module, released: Sequence[str], augmenter: Augmenter | None,
-            num_classes: int, order: torch.Generator, progress: bool) -> None:
+            num_classes: int, per: str, order: torch.Generator, progress: bool) -> None:
     """Match every kept release again, `epochs` times in a public random order: post-processing of the releases.
 
     The image learning rate decays linearly to `lr_end` × its value over the passes (1: constant).
@@ -442,7 +448,7 @@ def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.opt
         for i in torch.randperm(len(kept), generator=order).tolist():
             release = kept.releases[i]
             loss = _match_step(image_opt, synthetic, twin, release.params, released, release.views, release.targets,
-                               augmenter, num_classes)
+                               augmenter, num_classes, per)
             decay.step()
             bar.update()
             bar.set_postfix(loss=f"{loss / num_classes:.3f}", refresh=False)

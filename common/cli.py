@@ -53,6 +53,8 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-norm", type=float, default=d.clip_norm)
     p.add_argument("--release-layers", type=int, default=d.release_layers,
                    help="release and match only the last N weight layers' gradients (0: every parameter)")
+    p.add_argument("--match-per", choices=("unit", "layer"), default=d.match_per,
+                   help="gradient-matching cosine per output unit (DC's) or per whole layer")
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--norm", choices=NORMS, default=d.norm)
@@ -178,7 +180,7 @@ def _run_distill(args: argparse.Namespace) -> int:
         accountant=args.accountant, iterations=args.steps, inner_steps=args.inner_steps, net_steps=args.net_steps,
         image_steps=args.image_steps, replay_epochs=args.replay_epochs, replay_lr_end=args.replay_lr_end,
         batch_per_class=args.batch_per_class, sample_rate=args.sample_rate, clip_norm=args.clip_norm,
-        release_layers=args.release_layers, width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
+        release_layers=args.release_layers, match_per=args.match_per, width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
         augment=not args.no_augment, seed=args.seed,
     )
     dataset = load_dataset(args.dataset, args.data_dir, train=True, download=args.download,

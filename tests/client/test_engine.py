@@ -112,7 +112,7 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
 
 
 @pytest.mark.parametrize("post_processing", [{}, {"image_steps": 3}, {"replay_epochs": 2, "replay_lr_end": 0.1},
-                                             {"release_layers": 1, "replay_epochs": 1}])
+                                             {"release_layers": 1, "replay_epochs": 1, "match_per": "layer"}])
 def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, tmp_path, monkeypatch, post_processing):
     """Blind the one real-data path: the output must then not depend on the records at all."""
     other = _scrambled(tiny_mnist, 1)
@@ -202,6 +202,7 @@ def test_corrupt_ledger_stops_the_engine(tiny_mnist, tmp_path):
         (dict(replay_epochs=2, replay_lr_end=0.0), ValueError, "replay-lr-end"),
         (dict(replay_epochs=-1), ValueError, "replay epochs"),
         (dict(release_layers=-1), ValueError, "release layers"),
+        (dict(match_per="pixel"), ValueError, "match_per"),
         (dict(release_layers=4), ValueError, "only 3 weight layers"),
     ],
 )
