@@ -80,6 +80,8 @@ PROFILES = {
     "cpu-replay3-layercos": _cpu_variant(replay_epochs=3, match_per="layer"),
     **{f"cpu-replay3-release{n}-layercos": _cpu_variant(replay_epochs=3, release_layers=n, match_per="layer")
        for n in (1, 2)},
+    **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
+    "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
                   eval_epochs=1000),
