@@ -26,7 +26,7 @@ from server.validation import UploadPolicy, Verdict, check_upload
 app = ServerApp()
 
 REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
-                "replay-epochs", "replay-lr-end", "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
+                "replay-epochs", "replay-lr-end", "release-layers", "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
 # what the per-site table keeps from each claim: the mechanism, and the site's public seed to reproduce its run
 CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed",
                  "class_signal", "release_dimension")
