@@ -60,6 +60,9 @@ PROFILES = {
     # the same, the server weighing as `matched` only where the pool's median run SNR is ≥ 1 (server/pool.py):
     # today's defaults
     "cpu-auto": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="auto"', federation_config=None),
+    # the same with each site releasing only its network's last two weight layers' gradients (bench/distill.py first)
+    "cpu-auto-release2": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="auto" release-layers=2',
+                              federation_config=None),
     # replay off: keeping 10,000 releases of a ConvNet-128 for it would take tens of GB per site
     "gpu": dict(run_config="steps=1000 inner-steps=10 width=128 eval-epochs=300 replay-epochs=0",
                 federation_config="client-resources-num-cpus=4 client-resources-num-gpus=0.5"),
