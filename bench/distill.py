@@ -34,7 +34,7 @@ SETS = RESULTS / "sets"
 
 # Engine settings per profile (DistillConfig fields) and the evaluation protocol.
 CPU_PROFILE = dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0,
-                                lr_images=1.0),
+                                lr_images=1.0, release_layers=0),  # every parameter, as its rows were measured
                    eval_epochs=300,
                    # At ε = 10 the 600 releases of 64 records need only σ ≈ 0.55, where DP-SGD spends its budget badly;
                    # 300 releases of 256 records (σ ≈ 0.76) cut the noise per averaged gradient 3× and scored 75.0 vs 72.7 %.
@@ -83,7 +83,8 @@ PROFILES = {
     **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
     "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
-    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1),
+    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1,
+                               release_layers=0),
                   eval_epochs=1000),
 }
 # PSG's published Fashion-MNIST figures (Dosser, ICCV 2025, Table 1; ε likely 1); None where none is published.

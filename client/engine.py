@@ -78,10 +78,11 @@ class DistillConfig:
     batch_per_class: float = 64.0  # expected real records per class per release; sets q
     sample_rate: float | None = None  # give q directly instead
     clip_norm: float = 1.0
-    release_layers: int = 0  # release (and match) only the weights of the network's last N conv/linear layers;
-    # 0 releases every parameter. Fewer coordinates carry the same noise per coordinate but the whole clip norm
-    # C, so each released layer gets more signal per unit of noise; 1 (the classifier alone) matches what are in
-    # effect class means of the last features, as DP distribution matching does.
+    release_layers: int = 2  # release (and match) only the weights of the network's last N conv/linear layers;
+    # 0 releases every parameter. The first convolutions' noised gradients cost more than they teach: on all of
+    # Fashion-MNIST the last two layers scored 75.9 % at ε = 1 against 72.2 % for all of them (bench/distill.py).
+    # Fewer coordinates carry the same noise per coordinate but the whole clip norm C; 1 (the classifier alone)
+    # matches what are in effect class means of the last features, as DP distribution matching does.
     match_per: str = "unit"  # cosine per output unit's gradient row (DC's distance), or "layer": one per layer,
     # which weighs rows by their size instead of counting a noise-dominated row as much as the loudest
     width: int = 32
