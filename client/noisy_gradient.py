@@ -1,7 +1,7 @@
 """Private releases: per class, the clipped, noised sum of per-example gradients of its batch.
 
 Per-example gradients come from Opacus' `GradSampleModule`. Each example's gradient (all
-parameters together) is clipped to `clip_norm` as Opacus' `DPOptimizer` does, the clipped
+released parameters together) is clipped to `clip_norm` as Opacus' `DPOptimizer` does, the clipped
 gradients are summed per class, and every class's sum gets its own Gaussian draw of
 standard deviation `noise_multiplier · clip_norm`: per class exactly the mechanism of one
 DP-SGD step. Opacus sums all examples into one gradient, so the per-class sum is done here
@@ -47,6 +47,7 @@ class NoisyClassGradients:
         if unknown or not names:
             raise ValueError(f"released parameters must be trainable parameters of the model, got {unknown or names}")
         self.params = [trainable[n] for n in names]
+        self.trainable = list(trainable.values())
         # parameters registered before the first released one (upstream, in a feed-forward net) get no gradient at
         # all, so a classifier-only release skips the convolutions' backward; Opacus needs every module the backward
         # reaches to keep its hooks, so later unreleased ones (biases, norms) are computed and left unused
@@ -69,7 +70,7 @@ class NoisyClassGradients:
             self.module.disable_hooks()
             for p in self.held_back:
                 p.requires_grad_(True)
-            for p in self.params:  # nothing per-example outlives the release
+            for p in self.trainable:  # nothing per-example outlives the release (nor unreleased ones computed on the way)
                 p.grad_sample = None
                 p.grad = None
 

@@ -160,6 +160,7 @@ def test_partial_release_clips_over_the_released_parameters_only():
     for i in range(3):
         assert _release(release, x[i:i + 1], 2)[0].norm() <= clip * (1 + 1e-4)
     assert all(p.requires_grad for p in net.parameters())  # the held-back parameters are trainable again
+    assert all(getattr(p, "grad_sample", None) is None for p in net.parameters())  # nothing per-example is left
 
 
 @pytest.mark.parametrize("released", [["nope"], []])
