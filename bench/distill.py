@@ -87,6 +87,8 @@ PROFILES = {
                                release_layers=0),
                   eval_epochs=1000),
 }
+# PSG's scale releasing only the last two weight layers (the engine's default since stop 27), for the next GPU
+PROFILES["paper-release2"] = {**PROFILES["paper"], "distill": {**PROFILES["paper"]["distill"], "release_layers": 2}}
 # PSG's published Fashion-MNIST figures (Dosser, ICCV 2025, Table 1; ε likely 1); None where none is published.
 PSG_PUBLISHED = {(10, 1.0): 68.5}
 NON_PRIVATE_DC = {1: 70.5, 10: 82.3}
