@@ -84,9 +84,10 @@ def _pool_choice(metrics: dict) -> dict:
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "replay-epochs",
-               "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting")
+               "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers")
 # Keys added after some rows were measured, with the value those rows ran with.
-ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform"}
+ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
+                      "release-layers": 0}
 
 
 def engine_settings() -> dict:
