@@ -1,4 +1,4 @@
-"""The site's engine settings come from the server's request, key by key, with the engine's defaults for the rest."""
+"""The site's engine settings come from the server's request, key by key, with defaults for the rest."""
 
 from client.client_app import distill_config, site_seed
 from client.engine import DistillConfig
@@ -15,8 +15,9 @@ def test_request_keys_reach_the_engine():
     assert config.seed == site_seed(4, "site-1") and not config.every_class_populated
 
 
-def test_missing_keys_take_the_engine_defaults():
+def test_missing_keys_take_the_engine_defaults_but_release_every_parameter():
+    """A server that sends no `release-layers` predates the key: its sites released every parameter."""
     config = distill_config(REQUEST, "site-1")
     d = DistillConfig()
-    assert (config.release_layers, config.replay_epochs, config.inner_steps) == (d.release_layers, d.replay_epochs,
-                                                                                 d.inner_steps)
+    assert (config.replay_epochs, config.inner_steps) == (d.replay_epochs, d.inner_steps)
+    assert config.release_layers == 0
