@@ -314,6 +314,9 @@ def distill(
     real = torch.cat(by_class).to(dev)  # class-sorted; class c's records start at offsets[c]
     offsets = [sum(counts[:c]) for c in range(num_classes)]
     groups = _class_groups(num_classes, config.classes_per_pass, dev)
+    template = _network(dataset, config)  # every draw has its parameters, so the released ones are named once
+    released = released_names(template, config.release_layers)
+    dimension = sum(p.numel() for n, p in template.named_parameters() if n in released)  # numbers per release
     augmenter = Augmenter() if config.augment else None
     mech = the_plan.mechanism
     history: list[float] = []
@@ -322,7 +325,7 @@ def distill(
     signal_sq = torch.tensor(state.get("signal_sq") or [0.0] * num_classes, dtype=torch.float64, device=dev)
     signal_releases = int(state.get("signal_releases") or 0)
     if config.replay_epochs and start > 0:
-        names = [n for n, p in _network(dataset, config).named_parameters() if p.requires_grad]
+        names = [n for n, p in template.named_parameters() if p.requires_grad]
         kept = ReleaseStore.load(_checkpoint_dir(out), start, names, dev)
     if start == 0:
         _save_checkpoint(out, _state(run_id, secret, 0, config_dict, signal_sq, 0), synthetic, None)
@@ -339,7 +342,6 @@ def distill(
             net = _network(dataset, config)
         net = net.to(dev)
         twin = copy.deepcopy(net)  # hook-free twin for the synthetic passes; it computes with net's own parameters
-        released = released_names(net, config.release_layers)
         releaser = NoisyClassGradients(net, mech.clip_norm, mech.noise_multiplier, noise, released)
         params = {name: p for name, p in net.named_parameters() if p.requires_grad}
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
@@ -375,14 +377,10 @@ def distill(
             on_iteration(done)
     bar.close()
     if config.replay_epochs and kept:
-        _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released_names(
-            twin, config.release_layers), augmenter, num_classes, config.match_per, _generator(config.seed * 1_000_003),
-                progress)
+        _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released, augmenter,
+                num_classes, config.match_per, _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
-    template = _network(dataset, config)
-    shapes = dict(template.named_parameters())
-    dimension = sum(shapes[n].numel() for n in released_names(template, config.release_layers))  # numbers per release
     claim = {
         "format": "fedsynth-claim/1",
         "run_id": run_id,
