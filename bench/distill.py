@@ -82,6 +82,9 @@ PROFILES = {
        for n in (1, 2)},
     **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
     "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
+    # the last two layers with twice the records per release for half the outer iterations (as `w64-b2x-…` paid at ε = 10)
+    **{f"{'cpu' if w == 32 else f'w{w}'}-b2x-replay3-release2":
+       _larger_releases(2, width=w, replay_epochs=3, release_layers=2, checkpoint_every=1000) for w in (32, 64)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1,
                                release_layers=0),
