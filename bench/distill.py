@@ -80,6 +80,9 @@ PROFILES = {
     "cpu-replay3-layercos": _cpu_variant(replay_epochs=3, match_per="layer"),
     **{f"cpu-replay3-release{n}-layercos": _cpu_variant(replay_epochs=3, release_layers=n, match_per="layer")
        for n in (1, 2)},
+    # the same at a larger image learning rate: a per-layer cosine's gradient on S is about √rows (3–6×) smaller
+    # than the per-unit sum's, so lr_images = 1 (tuned per unit) moves the images less
+    "cpu-replay3-release2-layercos-lr5": _cpu_variant(replay_epochs=3, release_layers=2, match_per="layer", lr_images=5.0),
     **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
     "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
     # the last two layers at ε = 10 through twice the outer iterations (120 × 5 releases of 256, σ 0.88): without noise
