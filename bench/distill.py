@@ -8,7 +8,7 @@ itself is kept under bench/results/sets/. Prints a table with PSG's published fi
     .venv/bin/python bench/distill.py --profile cpu                 # all rows, ≤ 30 min each on 2 cores
     .venv/bin/python bench/distill.py --profile cpu --ipc 10 --epsilon 10
     .venv/bin/python bench/distill.py --profile paper --device cuda # PSG's scale, for a GPU
-    .venv/bin/python bench/distill.py --profile w64-b2x-replay6-decay --ipc 10 --epsilon 10 --device cuda  # best so far
+    .venv/bin/python bench/distill.py --profile cpu-t120-replay3-release2 --ipc 10 --epsilon 1 10  # best on 2 cores
     .venv/bin/python bench/distill.py --reevaluate                  # kept sets, today's evaluation protocol
 """
 
