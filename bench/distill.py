@@ -86,7 +86,7 @@ PROFILES = {
     **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
     "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
     # the last two layers at ε = 10 through twice the outer iterations (120 × 5 releases of 256, σ 0.88): without noise
-    # the 120 iterations reach 78.8 %, and fewer, larger releases (the b2x profiles) scored lower, so iterations count
+    # 120 iterations (of 64 records) reach 78.8 %, and fewer, larger releases (b2x) scored lower, so iterations count
     "cpu-t120-replay3-release2": {**_cpu_variant(replay_epochs=3, release_layers=2),
                                   "by_epsilon": {10.0: dict(iterations=120, batch_per_class=256.0)}},
     # the last two layers with twice the records per release for half the outer iterations (as `w64-b2x-…` paid at ε = 10)
