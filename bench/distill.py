@@ -116,7 +116,7 @@ def device_kind(row: dict) -> str:
 
 
 def _row_key(row: dict) -> tuple:
-    return (row["dataset"], row["profile"], row["ipc"], row["epsilon"], device_kind(row))
+    return (row["dataset"], row["profile"], row["ipc"], row["epsilon"], device_kind(row), row.get("seed", 0))
 
 
 def profile_label(profile: str, iterations: int | None, epsilon: float) -> str:
@@ -158,6 +158,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         distill_seconds = time.time() - started
         name = f"{label}_ipc{ipc}_eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
         name += "_cuda" if dev.type == "cuda" else ""   # a GPU row sits beside the CPU row
+        name += f"_seed{seed}" if seed else ""           # and another distillation seed's beside seed 0's
         SETS.mkdir(parents=True, exist_ok=True)
         for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
@@ -224,7 +225,8 @@ def scores_by_protocol(row: dict) -> dict[bool, dict]:
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
     return merge_rows(path, "distill", rows, _row_key,
-                      lambda r: (r["profile"], r["ipc"], r["epsilon"] is None, r["epsilon"] or 0, device_kind(r)))
+                      lambda r: (r["profile"], r["ipc"], r["epsilon"] is None, r["epsilon"] or 0, device_kind(r),
+                                 r.get("seed", 0)))
 
 
 def table(rows: list[dict]) -> str:
@@ -235,7 +237,8 @@ def table(rows: list[dict]) -> str:
         psg = "—" if r.get("psg_published") is None else f"{r['psg_published']}"
         dsa = scores_by_protocol(r).get(True)
         dsa = "—" if dsa is None else percent(dsa["accuracy_mean"], dsa["accuracy_std"])
-        lines.append(f"| {r['profile']} | {device_kind(r)} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
+        seed = f" (seed {r['seed']})" if r.get("seed") else ""
+        lines.append(f"| {r['profile']}{seed} | {device_kind(r)} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
                      f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
