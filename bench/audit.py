@@ -28,7 +28,7 @@ ENGINE = dict(ipc=10, width=32, iterations=100, inner_steps=5, every_class_popul
 
 def run_row(epsilon: float, canaries: int, base_records: int, seed: int, device: str) -> dict:
     from client.engine import DistillConfig
-    from common.audit.empirical import run_empirical_audit
+    from client.empirical_audit import run_empirical_audit
     from common.data import load_fashion_mnist
 
     config = DistillConfig(epsilon=epsilon, delta=1e-5, seed=seed, **ENGINE)

@@ -138,7 +138,8 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     `iterations` shortens (or lengthens) the profile's run, e.g. to fit a lent GPU's time;
     σ is calibrated for the count actually run, and the row is labelled apart (`profile_label`).
     """
-    from client.engine import DistillConfig, distill, resolve_device
+    from client.engine import DistillConfig, distill
+    from common.runtime import resolve_device
     from common.data import load_fashion_mnist
     from common.evaluation import TrainConfig, evaluate_synthetic
     from common.ledger import Ledger
@@ -172,11 +173,11 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "profile": label,
         "ipc": ipc,
         "epsilon": None if math.isinf(epsilon) else epsilon,
-        "claimed_epsilon": claim["epsilon"],
+        "claimed_epsilon": claim.epsilon if claim.private else None,
         "delta": 1e-5,
-        "noise_multiplier": claim["noise_multiplier"],
-        "sample_rate": claim["sample_rate"],
-        "steps": claim["steps"],
+        "noise_multiplier": claim.noise_multiplier,
+        "sample_rate": claim.sample_rate,
+        "steps": claim.releases,  # composed releases T·K (the rows' key predates the claim's name for it)
         "accuracy_mean": evaluation["accuracy_mean"],
         "accuracy_std": evaluation["accuracy_std"],
         "accuracies": evaluation["accuracies"],
@@ -187,7 +188,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "psg_published": PSG_PUBLISHED.get((ipc, epsilon)),
         "dc_non_private": NON_PRIVATE_DC.get(ipc),
         "set": f"bench/results/sets/{name}.safetensors",
-        "config": claim["config"],
+        "config": dict(claim.config or {}),
         "eval_epochs": settings["eval_epochs"],
         "eval_augment": evaluation["train_config"]["augment"],
         "seed": seed,
@@ -198,7 +199,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
 
 def reevaluate_row(row: dict, seeds: int, device: str) -> dict:
     """Train fresh networks on a kept set with today's evaluation protocol; the set and its distillation stay as they were."""
-    from client.engine import resolve_device
+    from common.runtime import resolve_device
     from common.data import load_fashion_mnist
     from common.evaluation import TrainConfig, evaluate_synthetic
     from common.synthetic_set import load_synthetic_set

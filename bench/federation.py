@@ -82,7 +82,8 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
         out = Path(tmp) / "out"
         config = (f'epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} min-sites={min(2, sites)} '
                   f'expected-sites={sites} policy-epsilon={max(epsilon, 10.0)} output-dir="{out}" '
-                  f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}" {extra}').strip()
+                  f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}" '
+                  f'anchors-file="{Path(tmp) / "anchors.json"}" {extra}').strip()
         started = time.time()
         code = run_simulation(ROOT, sites, config, federation_config=federation_config)
         seconds = time.time() - started

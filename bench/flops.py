@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.distill import PROFILES, distill_settings  # noqa: E402
-from bench.results_io import merge_rows, read_rows  # noqa: E402
+from bench.results_io import merge_rows  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # Dense FP32 peak (no tensor cores) of devices we may be lent, TFLOP/s, from the vendors' data sheets.
@@ -53,7 +53,8 @@ def measure(profile: str, device: str, iterations: int, epsilon: float = 10.0) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from client.engine import DistillConfig, resolve_device
+    from client.engine import DistillConfig
+    from common.runtime import resolve_device
     from common.versions import library_versions
 
     settings = distill_settings(profile, epsilon)

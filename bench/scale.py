@@ -65,7 +65,8 @@ def run_row(sites: int, run_config: str, federation_config: str | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedsynth-scale-") as tmp:
         out = Path(tmp) / "out"
         config = (f'{run_config} expected-sites={sites} min-sites={min(2, sites)} output-dir="{out}" '
-                  f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}"')
+                  f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}" '
+                  f'anchors-file="{Path(tmp) / "anchors.json"}"')
         started = time.time()
         with PeakTreeMemory() as memory:
             code = run_simulation(ROOT, sites, config, federation_config=federation_config)

@@ -81,7 +81,7 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
         seconds = time.time() - started
         scores = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, args.eval_seeds, evaluation)
         runs.append({"seconds": seconds, "accuracy": scores["accuracy_mean"], "accuracies": scores["accuracies"],
-                     "noise_multiplier": result.synthetic.claim["noise_multiplier"]})
+                     "noise_multiplier": result.synthetic.claim.noise_multiplier})
         print(f"run {repeat + 1}/{args.repeats}: {100 * runs[-1]['accuracy']:.1f} % in {seconds:.0f} s", flush=True)
     accuracies = [r["accuracy"] for r in runs]
     return {

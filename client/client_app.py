@@ -12,14 +12,17 @@ import resource
 import time
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.engine import DistillConfig, distill
-from common.data import ImageDataset, fedsynth_home, load_dataset
-from common.ledger import BudgetExceededError, Ledger
+from client.config import DistillConfig, from_request
+from client.engine import distill
+from common.data import ImageDataset, load_dataset
+from common.errors import FedsynthError
+from common.ledger import Ledger
 from common.partition import site_dataset
-from common.payload import telemetry_record, to_record
+from common.payload import refusal_record, telemetry_record, to_record, valid_site_name
+from common.runtime import fedsynth_home
 from common.signing import generate_signing_key, load_private_key, sign
 
 app = ClientApp()
@@ -27,6 +30,8 @@ app = ClientApp()
 
 def _site_name(node: dict, context: Context) -> str:
     if "site" in node:
+        if not valid_site_name(node["site"]):
+            raise ValueError("the node config's site name must match [A-Za-z0-9_-]{1,64}")
         return str(node["site"])
     if "partition-id" in node:
         return f"site-{int(node['partition-id'])}"
@@ -46,19 +51,17 @@ def site_seed(round_seed: int, site: str) -> int:
 
 
 def distill_config(request: dict, site: str) -> DistillConfig:
-    """The engine settings a site uses for the server's request (the run config's engine keys)."""
-    return DistillConfig(
-        ipc=int(request["ipc"]), epsilon=float(request["epsilon"]), delta=float(request["delta"]),
-        iterations=int(request["steps"]), inner_steps=int(request.get("inner-steps", DistillConfig.inner_steps)),
-        batch_per_class=float(request.get("batch-per-class", DistillConfig.batch_per_class)),
-        width=int(request.get("width", DistillConfig.width)), seed=site_seed(int(request.get("seed", 0)), site),
-        lr_images=float(request.get("lr-images", DistillConfig.lr_images)),
-        replay_epochs=int(request.get("replay-epochs", DistillConfig.replay_epochs)),
-        replay_lr_end=float(request.get("replay-lr-end", DistillConfig.replay_lr_end)),
-        # a server that does not send the key predates it, and its rounds released every parameter
-        release_layers=int(request.get("release-layers", 0)),
-        every_class_populated=False,  # non-IID sites hold some classes sparsely or not at all
-    )
+    """The engine settings a site uses for the server's request (the run config's engine keys, `client.config`).
+
+    Non-IID sites hold some classes sparsely or not at all, and distil every class anyway."""
+    return from_request(request, seed=site_seed(_round_seed(request), site), every_class_populated=False)
+
+
+def _round_seed(request: dict) -> int:
+    seed = request.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"the request's seed must be an integer, got {str(seed)[:40]!r}")
+    return seed
 
 
 def _site_data(node: dict, request: dict) -> ImageDataset:
@@ -112,26 +115,34 @@ def _signing_key(path: Path, simulated: bool):
 
 @app.train()
 def distil_and_upload(msg: Message, context: Context) -> Message:
-    request = dict(msg.content["request"])
     node = dict(context.node_config)
-    site = _site_name(node, context)
-    config = distill_config(request, site)
     started = time.monotonic()
+    site = f"node-{context.node_id}"
     try:
+        request = dict(msg.content["request"])
+        site = _site_name(node, context)
+        config = distill_config(request, site)
+        run_id, nonce = str(request["run-id"]), str(request["nonce"])
         home, ledger_path, key_path = _site_paths(node, request, site)
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
         ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request, ledger_path), signer=key)
         dataset = _site_data(node, request)
-        result = distill(dataset, config, ledger, home / "runs" / str(request["run-id"]), progress=False,
+        result = distill(dataset, config, ledger, home / "runs" / _run_folder(run_id), progress=False,
                          device=str(node.get("device", "auto")), dataset_label=dataset.name)
-    except (BudgetExceededError, ValueError) as err:  # refusals are answers, not crashes
-        refusal = ConfigRecord({"site": site, "refused": str(err)})
-        return Message(RecordDict({"refusal": refusal}), reply_to=msg)
+    except (FedsynthError, KeyError, TypeError, ValueError, OSError) as err:  # refusals are answers, not crashes
+        reason = f"{type(err).__name__}: {err}" if isinstance(err, (KeyError, TypeError)) else str(err)
+        return Message(refusal_record(site, reason), reply_to=msg)
     synthetic = result.synthetic
-    run_id, nonce = str(request["run-id"]), str(request["nonce"])
     signature = sign(key, synthetic.claim, run_id, nonce)
     record = to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site, run_id, nonce)
     # peak RSS of this worker process (in simulation a worker may have served earlier sites: an upper bound)
     record["telemetry"] = telemetry_record(time.monotonic() - started,
                                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return Message(record, reply_to=msg)
+
+
+def _run_folder(run_id: str) -> str:
+    """The server's run id as a folder name: only digits and letters, else its hash (it never becomes a path)."""
+    if run_id.isascii() and run_id.isalnum() and len(run_id) <= 64:
+        return run_id
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]

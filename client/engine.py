@@ -20,94 +20,41 @@ import copy
 import json
 import math
 import os
-import shutil
 import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from client.matching import UNITS as MATCH_UNITS, matching_distance
+from client.matching import matching_distance
 from client.noisy_gradient import NoisyClassGradients
+from client.config import DistillConfig, check_settings
+from client.errors import EngineError
 from client.release_store import ReleaseStore
+from client.run_folder import RunFolder
 from common.augment import Augmenter, AugmentParams, per_example
 from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
-from common.ledger import Ledger
-from common.models import ConvNet, check_private
+from common.claim import Claim, ClaimError
+from common.errors import one_line
+from common.ledger import Ledger, LedgerError
+from common.models import ConvNet, ModelNotPrivateError, check_private
 from common.privacy.accounting import (
-    ACCOUNTANTS,
     Mechanism,
     calibrate_noise_multiplier,
     check_delta,
     epsilon_of_history,
 )
+from common.runtime import resolve_device
 from common.synthetic_set import SyntheticSet, content_hash, json_safe, quantise, save_synthetic_set
 from common.versions import library_versions
 
-CHECKPOINT_DIR = ".fedsynth-checkpoint"
-
-
-class EngineError(RuntimeError):
-    """The engine refuses to run (or to resume) as asked; nothing was spent."""
-
-
-@dataclass
-class DistillConfig:
-    """Everything that decides a distillation run. `epsilon=inf` (or `noise_multiplier=0`) means no noise."""
-
-    ipc: int = 10
-    epsilon: float = 10.0
-    delta: float = 1e-5
-    noise_multiplier: float | None = None  # give σ directly instead of a target ε
-    accountant: str = "rdp"
-    iterations: int = 200  # T: outer iterations, each on a freshly drawn network
-    inner_steps: int = 5  # K: noisy releases per outer iteration
-    net_steps: int = 1  # updates of θ on the synthetic set between releases (free)
-    image_steps: int = 1  # updates of S against each release's targets (free post-processing)
-    replay_epochs: int = 0  # after the run, passes of image updates over every kept release (free post-processing:
-    # each release's noise enters many small updates that average it, instead of one it is chased by)
-    replay_lr_end: float = 1.0  # image learning rate at the end of the replay passes, as a fraction of lr_images
-    # (linear decay from 1: the last updates average the releases' noise instead of chasing the last few; free)
-    batch_per_class: float = 64.0  # expected real records per class per release; sets q
-    sample_rate: float | None = None  # give q directly instead
-    clip_norm: float = 1.0
-    release_layers: int = 2  # release (and match) only the weights of the network's last N conv/linear layers;
-    # 0 releases every parameter. The first convolutions' noised gradients cost more than they teach: on all of
-    # Fashion-MNIST the last two layers scored 75.9 % at ε = 1 against 72.2 % for all of them (bench/distill.py).
-    # Fewer coordinates carry the same noise per coordinate but the whole clip norm C; 1 (the classifier alone)
-    # matches what are in effect class means of the last features, as DP distribution matching does.
-    match_per: str = "unit"  # cosine per output unit's gradient row (DC's distance), or "layer": one per layer,
-    # which weighs rows by their size instead of counting a noise-dominated row as much as the loudest
-    width: int = 32
-    depth: int = 3
-    norm: str = "instancenorm"
-    lr_images: float = 1.0
-    momentum_images: float = 0.5
-    lr_net: float = 0.01
-    augment: bool = True
-    every_class_populated: bool = True  # refuse classes with fewer than ipc records (False: a federated site
-    # distils every class anyway; a sparse class is matched against mostly-noise gradients, never skipped,
-    # since skipping would reveal which classes the site holds)
-    seed: int = 0
-    checkpoint_every: int = 10
-    classes_per_pass: int = 0  # classes whose releases share one per-example pass (same mechanism, fewer kernel
-    # launches, more memory): 0 = all of them on CUDA, where launches bound the speed; one on CPU, where memory does
-
-    @property
-    def releases(self) -> int:
-        """Number of composed Poisson-subsampled Gaussian releases: T·K."""
-        return self.iterations * self.inner_steps
-
-    @property
-    def private(self) -> bool:
-        return not (math.isinf(self.epsilon) or self.noise_multiplier == 0.0)
+__all__ = ["DistillConfig", "DistillResult", "EngineError", "Plan", "check_settings", "distill", "plan", "validate"]
 
 
 @dataclass
@@ -127,20 +74,11 @@ class DistillResult:
     run_id: str
     resumed_from: int = 0
     seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """CUDA when present (or asked), else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def validate(dataset: ImageDataset, config: DistillConfig) -> None:
-    """Every refusal that can be decided before budget is spent."""
-    if config.ipc < 1:
-        raise DataError(f"ipc must be at least 1, got {config.ipc}")
+    """Every refusal that can be decided from the data and settings alone, before budget is spent."""
+    check_settings(config)
     if dataset.num_classes < 2:
         raise DataError(f"{dataset.name}: needs at least two classes, found {dataset.num_classes}")
     if config.every_class_populated:
@@ -151,25 +89,27 @@ def validate(dataset: ImageDataset, config: DistillConfig) -> None:
         small = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if n < config.ipc]
         if small:
             raise DataError(f"ipc={config.ipc} is larger than the number of records of class(es): {', '.join(small)}")
-    if not (config.epsilon > 0):
-        raise ValueError(f"epsilon must be > 0, got {config.epsilon}")
-    if config.noise_multiplier is not None and config.noise_multiplier < 0:
-        raise ValueError(f"noise multiplier must be >= 0, got {config.noise_multiplier}")
     check_delta(config.delta, len(dataset))
-    if config.accountant not in ACCOUNTANTS:
-        raise ValueError(f"unknown accountant {config.accountant!r}")
-    if config.iterations < 1 or config.inner_steps < 1 or config.image_steps < 1:
-        raise ValueError("iterations, inner steps and image steps must be at least 1")
-    if config.match_per not in MATCH_UNITS:
-        raise ValueError(f"match_per must be one of {', '.join(MATCH_UNITS)}, got {config.match_per!r}")
-    if config.release_layers < 0:
-        raise ValueError(f"release layers must be >= 0 (0: all), got {config.release_layers}")
-    if config.replay_epochs < 0 or not (0.0 < config.replay_lr_end <= 1.0):
-        raise ValueError(f"replay epochs must be >= 0 and replay-lr-end in (0, 1], got {config.replay_epochs} and "
-                         f"{config.replay_lr_end}")
-    network = _network(dataset, config)
-    check_private(network)
-    released_names(network, config.release_layers)  # more layers than the network has: refused here, before any spend
+
+
+def probe(dataset: ImageDataset, config: DistillConfig, device: torch.device) -> None:
+    """Build the network for the data's image size and run one tiny forward/backward on `device`:
+    a network that does not fit the images, or a device that does not work, fails here, before any spend."""
+    channels, height, width = dataset.image_shape
+    try:
+        network = _network(dataset, config)
+        check_private(network)
+        released_names(network, config.release_layers)
+        network = network.to(device)
+        x = torch.zeros(1, channels, height, width, device=device)  # one record: a Poisson batch may hold one
+        F.cross_entropy(network(x), torch.zeros(1, dtype=torch.long, device=device)).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except (RuntimeError, ValueError, AssertionError, TypeError) as err:
+        if isinstance(err, (DataError, EngineError, ModelNotPrivateError)):
+            raise
+        raise EngineError(f"the network (width {config.width}, depth {config.depth}) cannot run on "
+                          f"{channels}×{height}×{width} images on {device}: {one_line(err, 200)}") from None
 
 
 def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
@@ -211,35 +151,20 @@ def _generator(seed: int, device: torch.device = torch.device("cpu")) -> torch.G
     return torch.Generator(device=device).manual_seed(seed % (2**63))
 
 
-# ---- checkpoints (local to the site; never uploaded) -------------------------------------------
-def _checkpoint_dir(out_dir: Path) -> Path:
-    return out_dir / CHECKPOINT_DIR
-
-
-def _save_checkpoint(out_dir: Path, state: dict, synthetic: torch.Tensor, momentum: torch.Tensor | None) -> None:
-    ckpt = _checkpoint_dir(out_dir)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    os.chmod(ckpt, 0o700)
-    tensors = {"synthetic": synthetic.detach().cpu().contiguous()}
-    if momentum is not None:
-        tensors["momentum"] = momentum.detach().cpu().contiguous()
-    save_file(tensors, str(ckpt / "tensors.partial"))
-    os.replace(ckpt / "tensors.partial", ckpt / "tensors.safetensors")
-    tmp = ckpt / "state.partial"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the secret seed
-    with os.fdopen(fd, "w") as handle:
-        json.dump(state, handle)
-    os.replace(tmp, ckpt / "state.json")
-
-
-def _load_checkpoint(out_dir: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    ckpt = _checkpoint_dir(out_dir)
-    if not (ckpt / "state.json").exists():
-        return None
-    return json.loads((ckpt / "state.json").read_text()), load_file(str(ckpt / "tensors.safetensors"))
-
-
 # ---- the run ------------------------------------------------------------------------------------
+@dataclass
+class _RunState:
+    """What a run carries across a checkpoint: its identity, secret, progress and ledger anchor."""
+
+    run_id: str
+    spend: dict[str, Any]  # the ledger's spend entry for the run (its seq and hash anchor the claim)
+    secret: int | None = None
+    start: int = 0
+    tensors: dict[str, torch.Tensor] | None = None
+    saved: dict[str, Any] = field(default_factory=dict)
+    finished: Claim | None = None  # set when the run crashed after its set was final
+
+
 def distill(
     dataset: ImageDataset,
     config: DistillConfig,
@@ -254,59 +179,122 @@ def distill(
 ) -> DistillResult:
     """Distil `dataset` into `config.ipc` images per class under the planned (ε, δ); write and return the set.
 
-    `secret_seed` seeds Poisson sampling and noise; leave it None outside tests, so both
+    Everything that can fail is checked before the spend (settings, data, network, device, output
+    folder). `secret_seed` seeds Poisson sampling and noise; leave it None outside tests, so both
     come from the OS's randomness and are never recorded anywhere that leaves the site.
     """
     started = time.time()
-    out = Path(out_dir)
     validate(dataset, config)
     the_plan = plan(dataset, config)
     dev = resolve_device(device)
-    config_dict = json_safe(asdict(config))  # strict JSON: the claim is signed as JSON (ε = ∞ → null)
-
-    resumed = _load_checkpoint(out)
-    if resumed is not None:
-        state, tensors = resumed
-        if state["config"] != json.loads(json.dumps(config_dict)):
-            raise EngineError(
-                f"{_checkpoint_dir(out)} holds an unfinished run with a different configuration; finish it with "
-                "its own settings, or delete that folder to abandon it (its budget stays spent)"
-            )
-        run_id, secret, start = state["run_id"], int(state["secret_seed"]), int(state["iteration"])
-        spend = ledger.spend_for(run_id)
-        if spend is None:
-            raise EngineError(f"checkpoint of run {run_id} has no spend entry in {ledger.path}: wrong ledger?")
-        if spend["mechanism"] != the_plan.mechanism.to_dict():
-            raise EngineError(f"run {run_id} was accounted as {spend['mechanism']}, not {the_plan.mechanism.to_dict()}")
-        if ledger.released(run_id):
-            raise EngineError(f"run {run_id} was already released; delete {_checkpoint_dir(out)}")
-    else:
-        run_id = uuid.uuid4().hex
-        secret = secret_seed if secret_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        start, tensors, state = 0, None, {}
-        ledger.spend(
-            run_id,
-            the_plan.mechanism,
-            the_plan.delta,
-            the_plan.accountant,
-            {
-                "epsilon": None if math.isinf(the_plan.epsilon) else the_plan.epsilon,
-                "dataset": dataset_label or dataset.name,
-                "config": config_dict,
-                "versions": library_versions(),
-            },
-        )
-
+    probe(dataset, config, dev)
+    label = dataset_label or dataset.name
+    config_dict = json.loads(json.dumps(json_safe(asdict(config))))  # strict JSON, as it is compared on resume
     num_classes, (channels, size, _) = dataset.num_classes, dataset.image_shape
     labels = torch.arange(num_classes).repeat_interleave(config.ipc)
-    if tensors is None:
-        init = torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed))
-        synthetic = (init * 0.5).clamp(-1, 1)
-    else:
-        synthetic = tensors["synthetic"]
-    synthetic = synthetic.to(dev).requires_grad_(True)
+    _claim_fits(dataset, config, the_plan, label, config_dict)
+    ledger.entries()  # a damaged ledger stops the run before its folder is made
+    with RunFolder(Path(out_dir)) as folder:
+        initial = (torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed))
+                   * 0.5).clamp(-1, 1)
+        run = _start_or_resume(folder, ledger, the_plan, config_dict, secret_seed, label, initial)
+        if run.finished is not None:  # the set was final before a crash: release it, nothing is recomputed
+            return _publish(folder, ledger, run.finished, run.tensors["images"], labels, run.start, started)
+        claim, images = _run(dataset, config, the_plan, run, folder, dev, labels, label, config_dict, progress,
+                             on_iteration)
+        folder.save({"run_id": run.run_id, "finished": True, "config": config_dict, "claim": claim.to_json()},
+                    {"images": images})  # the secret seed leaves the disk before anything is released
+        return _publish(folder, ledger, claim, images, labels, run.start, started)
+
+
+def _claim_fits(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict) -> None:
+    """Build the run's claim with placeholder hashes: a class name or label the claim cannot carry fails here,
+    before the spend, not after the run."""
+    m = the_plan.mechanism
+    try:
+        Claim(run_id="0" * 32, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=m.noise_multiplier,
+              sample_rate=m.sample_rate, releases=m.steps, clip_norm=m.clip_norm, accountant=the_plan.accountant,
+              ipc=config.ipc, classes=tuple(dataset.classes), image_shape=dataset.image_shape, dataset=label,
+              sha256="0" * 64, seed=config.seed, release_dimension=1, ledger_seq=1, ledger_head="0" * 64,
+              config=config_dict, versions=library_versions())
+    except ClaimError as err:
+        raise EngineError(f"this run's claim could not be sent: {err}") from None
+
+
+def _start_or_resume(folder: RunFolder, ledger: Ledger, the_plan: Plan, config_dict: dict, secret_seed: int | None,
+                     label: str, initial: torch.Tensor) -> _RunState:
+    """Resume the folder's checkpoint, or start a run: checkpoint first, then the spend entry, so that a
+    crash between the two resumes the same run instead of spending again."""
+    resumed = folder.load()
+    if resumed is None:
+        run_id = uuid.uuid4().hex
+        secret = secret_seed if secret_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        folder.save(_state(run_id, secret, 0, config_dict, None, 0), {"synthetic": initial})
+        spend = _spend(folder, ledger, run_id, the_plan, config_dict, label)
+        return _RunState(run_id, spend, secret, 0, {"synthetic": initial})
+    state, tensors = resumed
+    if state.get("config") != config_dict:
+        raise EngineError(f"{folder.checkpoint_dir} holds an unfinished run with a different configuration; finish it "
+                          "with its own settings, or delete that folder to abandon it (its budget stays spent)")
+    run_id = state["run_id"]
+    spend = ledger.spend_for(run_id)
+    if state.get("finished"):
+        if spend is None:
+            raise EngineError(f"finished run {run_id} has no spend entry in {ledger.path}: wrong ledger?")
+        try:
+            claim = Claim.from_json(state["claim"])
+        except (ClaimError, KeyError) as err:
+            raise EngineError(f"{folder.checkpoint_dir}: the finished run's claim is damaged ({err})") from None
+        return _RunState(run_id, spend, start=-1, tensors=tensors, finished=claim)
+    start = state.get("iteration")
+    if not isinstance(start, int) or not isinstance(state.get("secret_seed"), int):
+        raise EngineError(f"{folder.checkpoint_dir} is damaged; delete it to abandon that run (its budget stays spent)")
+    if spend is None:
+        if start != 0:
+            raise EngineError(f"checkpoint of run {run_id} is at iteration {start} but {ledger.path} has no spend "
+                              "entry for it: wrong ledger?")
+        spend = _spend(folder, ledger, run_id, the_plan, config_dict, label)  # killed before the spend: spend now
+    elif spend["mechanism"] != the_plan.mechanism.to_dict():
+        raise EngineError(f"run {run_id} was accounted as {spend['mechanism']}, not {the_plan.mechanism.to_dict()}")
+    if ledger.released(run_id):
+        folder.remove_checkpoint()  # never leave the secret seed beside a released run
+        raise EngineError(f"run {run_id} was already released; its checkpoint is removed")
+    return _RunState(run_id, spend, int(state["secret_seed"]), start, tensors, state)
+
+
+def _spend(folder: RunFolder, ledger: Ledger, run_id: str, the_plan: Plan, config_dict: dict, label: str) -> dict:
+    """Write the run's spend entry; when the ledger refuses, the checkpoint goes too (nothing was read or spent)."""
+    try:
+        return ledger.spend(run_id, the_plan.mechanism, the_plan.delta, the_plan.accountant,
+                            {"epsilon": None if math.isinf(the_plan.epsilon) else the_plan.epsilon, "dataset": label,
+                             "config": config_dict, "versions": library_versions()})
+    except LedgerError:
+        folder.remove_checkpoint()
+        raise
+
+
+def _publish(folder: RunFolder, ledger: Ledger, claim: Claim, images: torch.Tensor, labels: torch.Tensor,
+             resumed_from: int, started: float) -> DistillResult:
+    """Record the release (once), then write the set and drop the checkpoint."""
+    if content_hash(images, labels) != claim.sha256:
+        raise EngineError(f"{folder.checkpoint_dir}: the finished images do not match their claim; delete the folder")
+    if not ledger.released(claim.run_id):
+        ledger.record_release(claim.run_id, claim.sha256)  # recorded before anything is written out
+    result = SyntheticSet(images, labels, claim)
+    save_synthetic_set(folder.path, result)
+    folder.remove_checkpoint()
+    return DistillResult(result, folder.path, claim.run_id, max(resumed_from, 0), time.time() - started)
+
+
+def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _RunState, folder: RunFolder,
+         dev: torch.device, labels: torch.Tensor, label: str, config_dict: dict, progress: bool,
+         on_iteration: Callable[[int], None] | None) -> tuple[Claim, torch.Tensor]:
+    """The iterations from `run.start` and the replay passes; returns the claim and the final 8-bit images."""
+    num_classes, (channels, size, _) = dataset.num_classes, dataset.image_shape
+    run_id, secret, start, tensors, state = run.run_id, run.secret, run.start, run.tensors, run.saved
+    synthetic = tensors["synthetic"].to(dev).requires_grad_(True)
     image_opt = torch.optim.SGD([synthetic], lr=config.lr_images, momentum=config.momentum_images)
-    if tensors is not None and "momentum" in tensors:
+    if "momentum" in tensors:
         image_opt.state[synthetic]["momentum_buffer"] = tensors["momentum"].to(dev)
 
     by_class = [to_model_space(dataset.images[dataset.labels == c]) for c in range(num_classes)]
@@ -326,9 +314,7 @@ def distill(
     signal_releases = int(state.get("signal_releases") or 0)
     if config.replay_epochs and start > 0:
         names = [n for n, p in template.named_parameters() if p.requires_grad]
-        kept = ReleaseStore.load(_checkpoint_dir(out), start, names, dev)
-    if start == 0:
-        _save_checkpoint(out, _state(run_id, secret, 0, config_dict, signal_sq, 0), synthetic, None)
+        kept = ReleaseStore.load(folder.checkpoint_dir, start, names, dev)
 
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc="distilling", unit="it", dynamic_ncols=True)
@@ -370,9 +356,9 @@ def distill(
         if done % config.checkpoint_every == 0 and done < config.iterations:
             momentum = image_opt.state[synthetic].get("momentum_buffer")
             if config.replay_epochs:
-                kept.save(_checkpoint_dir(out), done)  # before the state that counts them
-            _save_checkpoint(out, _state(run_id, secret, done, config_dict, signal_sq, signal_releases), synthetic,
-                             momentum)
+                kept.save(folder.checkpoint_dir, done)  # before the state that counts them
+            folder.save(_state(run_id, secret, done, config_dict, signal_sq, signal_releases),
+                        {"synthetic": synthetic} | ({} if momentum is None else {"momentum": momentum}))
         if on_iteration is not None:
             on_iteration(done)
     bar.close()
@@ -381,32 +367,18 @@ def distill(
                 num_classes, config.match_per, _generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
-    claim = {
-        "format": "fedsynth-claim/1",
-        "run_id": run_id,
-        "epsilon": None if math.isinf(the_plan.epsilon) else the_plan.epsilon,
-        "delta": the_plan.delta,
-        "noise_multiplier": mech.noise_multiplier,
-        "sample_rate": mech.sample_rate,
-        "steps": mech.steps,
-        "clip_norm": mech.clip_norm,
-        "accountant": the_plan.accountant,
-        "ipc": config.ipc,
-        "classes": list(dataset.classes),
-        "image_shape": [channels, size, size],
-        "dataset": dataset_label or dataset.name,
-        "sha256": content_hash(images, labels),
-        "config": config_dict,
-        "seed": config.seed,
-        "class_signal": class_signal(signal_sq, signal_releases, mech, dimension),
-        "release_dimension": dimension,
-        "versions": library_versions(),
-    }
-    ledger.record_release(run_id, claim["sha256"])  # recorded before anything is written out
-    result = SyntheticSet(images, labels, claim)
-    save_synthetic_set(out, result)
-    shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
-    return DistillResult(result, out, run_id, start, time.time() - started, history)
+    if not bool(torch.isfinite(synthetic).all()):
+        raise EngineError("the synthetic images diverged (NaN); lower --lr-images. The budget stays spent.")
+    signal = class_signal(signal_sq, signal_releases, mech, dimension)
+    claim = Claim(
+        run_id=run_id, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=mech.noise_multiplier,
+        sample_rate=mech.sample_rate, releases=mech.steps, clip_norm=mech.clip_norm, accountant=the_plan.accountant,
+        ipc=config.ipc, classes=tuple(dataset.classes), image_shape=(channels, size, size), dataset=label,
+        sha256=content_hash(images, labels), seed=config.seed, release_dimension=dimension,
+        class_signal=None if signal is None else tuple(signal), ledger_seq=run.spend["seq"],
+        ledger_head=run.spend["hash"], config=config_dict, versions=library_versions(),
+    )
+    return claim, images
 
 
 def _match_step(
@@ -463,9 +435,11 @@ def _spent_so_far(the_plan: Plan, releases: int) -> str:
         return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
 
 
-def _state(run_id: str, secret: int, iteration: int, config: dict, signal_sq: torch.Tensor, signal_releases: int) -> dict:
+def _state(run_id: str, secret: int, iteration: int, config: dict, signal_sq: torch.Tensor | None,
+           signal_releases: int) -> dict:
+    """A running checkpoint's state (holds the secret seed: local to the site, mode 0600)."""
     return {"run_id": run_id, "secret_seed": secret, "iteration": iteration, "config": config,
-            "signal_sq": signal_sq.tolist(), "signal_releases": signal_releases}
+            "signal_sq": None if signal_sq is None else signal_sq.tolist(), "signal_releases": signal_releases}
 
 
 def _squared_norms(targets: list[torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import time
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.engine import resolve_device
+from common.runtime import resolve_device
 from client.local_training import plan_dp_sgd, train_locally
 from client.client_app import _site_data
 from common.models import ConvNet

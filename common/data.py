@@ -11,7 +11,11 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import stat
+import struct
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from common.errors import FedsynthError
+from common.runtime import fedsynth_home
 
 DATASETS = ("fashion-mnist", "mnist5k")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -31,7 +38,7 @@ FASHION_MNIST_FILES = (
 MNIST5K_TEST_PER_CLASS = 100  # the file is sorted by class: the last 100 rows of each class are our test split
 
 
-class DataError(ValueError):
+class DataError(FedsynthError, ValueError):
     """The data cannot be loaded or is unfit for distillation; the message says what to do."""
 
 
@@ -78,9 +85,6 @@ def to_pixel_space(x: torch.Tensor) -> torch.Tensor:
     """Inverse of `to_model_space`."""
     return (x + 1.0) * 0.5
 
-
-def fedsynth_home() -> Path:
-    return Path(os.environ.get("FEDSYNTH_HOME", Path.home() / ".fedsynth"))
 
 
 # ---- Fashion-MNIST -------------------------------------------------------------------------
@@ -146,32 +150,117 @@ def load_mnist5k(train: bool) -> ImageDataset:
 
 
 # ---- ImageFolder ---------------------------------------------------------------------------
-def load_image_folder(path: str | os.PathLike, image_size: int = 28, channels: int | None = None) -> ImageDataset:
-    """A folder with one sub-folder of images per class (torchvision ImageFolder), resized to `image_size`.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+# the decoders those names call for; PIL would otherwise try every plugin it has (EPS runs Ghostscript)
+IMAGE_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "TIFF", "WEBP")
 
-    Every file is opened before anything else happens; unreadable ones are named in the error.
+
+def _is_regular_file(path: str) -> bool:
+    """True for a regular file, or a symlink that resolves to one; FIFOs, sockets, devices, directories
+    and broken links are not: opening a FIFO blocks until a writer comes, reading a device may never end."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(path).st_mode
+    except OSError:  # vanished, a broken link, a link loop
+        return False
+    return stat.S_ISREG(mode)
+
+
+def _open_image(path: str, convert: bool = False) -> tuple[str, Image.Image | None]:
+    """Decode one image file safely; returns its mode and, with `convert`, the image as RGB (torchvision's
+    loader does the same, so greyscale goes L -> RGB -> L unchanged). Any failure is a DataError of one line.
+
+    The file is opened without blocking and checked again on the open handle (fstat), so a path swapped for
+    a FIFO or a device after `_is_regular_file` is refused rather than hung on. Images PIL deems decompression
+    bombs, at warning level too (more than `Image.MAX_IMAGE_PIXELS`), are refused before they are decoded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as err:
+        raise DataError(f"{path}: cannot be opened ({err.__class__.__name__}: {err.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file (it changed while being opened)")
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        with handle, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(handle, formats=IMAGE_FORMATS) as img:
+                img.load()
+                return img.mode, (img.convert("RGB") if convert else None)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image too large to decode safely (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (not a {', '.join(IMAGE_FORMATS)} file)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:  # what PIL's decoders raise
+        detail = (str(err).splitlines() or [""])[0][:120]
+        raise DataError(f"{path}: not a readable image ({err.__class__.__name__}: {detail})") from None
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """Class folders, (file, label) samples and the skipped non-regular paths of an ImageFolder tree, in
+    torchvision's order. Names starting with "." are ignored; symlinked class folders and files are
+    followed, symlinked sub-folders inside a class are not (no loops)."""
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    samples, skipped = [], []
+    for label, name in enumerate(classes):
+        walked = []
+        for here, dirs, files in os.walk(root / name, onerror=_raise):  # an unlistable sub-folder is an error
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            walked.append((here, files))
+        for here, files in sorted(walked):
+            for file in sorted(files):
+                if file.startswith(".") or not file.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(here, file)
+                if _is_regular_file(path):
+                    samples.append((path, label))
+                else:
+                    skipped.append(path)
+    return classes, samples, skipped
+
+
+def load_image_folder(path: str | os.PathLike, image_size: int = 28, channels: int | None = None) -> ImageDataset:
+    """A folder with one sub-folder of images per class (torchvision ImageFolder layout), resized to `image_size`.
+
+    Every file is opened before anything else happens; unreadable ones (corrupt, truncated, decompression
+    bombs, unreadable for permissions) are named in the error, one line each: a site must learn its data is
+    broken rather than train on part of it. Only regular files are read (a symlink to one is followed);
+    FIFOs, sockets, devices and broken links named like images are skipped, and counted in one line on
+    stderr. Names starting with "." are ignored. A class folder left without images loads with no records
+    (the engine refuses it by name); fewer than two class folders is refused here.
     `channels` defaults to 1 when every image is greyscale, else 3.
     """
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
 
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     try:
-        folder = ImageFolder(str(root), allow_empty=True)
-    except FileNotFoundError as err:
-        raise DataError(f"{root}: {err}") from err
-    if len(folder.classes) < 2:
-        raise DataError(f"{root}: found {len(folder.classes)} class folder(s); distillation needs at least two classes")
+        classes, samples, skipped = _scan_image_folder(root)
+    except OSError as err:
+        raise DataError(f"{root}: cannot list the folder ({err.__class__.__name__}: {err})") from None
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s); distillation needs at least two classes")
+    if skipped:
+        print(f"fedsynth: {root}: skipped {len(skipped)} image-named path(s) that are not regular files "
+              f"(FIFO, socket, device or broken link), e.g. {skipped[0]}", file=sys.stderr)
     bad, modes = [], set()
-    for file, _ in folder.samples:
+    for file, _ in samples:
         try:
-            with Image.open(file) as img:
-                img.load()
-                modes.add(img.mode)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            bad.append(f"{file} ({err.__class__.__name__})")
+            modes.add(_open_image(file)[0])
+        except DataError as err:
+            bad.append(str(err))
+    if len(bad) == 1:
+        raise DataError(bad[0])
     if bad:
         shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise DataError(f"{root}: {len(bad)} unreadable image file(s):\n  {shown}")
@@ -180,16 +269,14 @@ def load_image_folder(path: str | os.PathLike, image_size: int = 28, channels: i
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     to_tensor = transforms.Compose(
-        [
-            transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB")),
-            transforms.Resize((image_size, image_size), antialias=True),
-            transforms.ToTensor(),
-        ]
+        ([transforms.Grayscale(1)] if channels == 1 else [])  # `_open_image` gives RGB
+        + [transforms.Resize((image_size, image_size), antialias=True), transforms.ToTensor()]
     )
-    images = [to_tensor(folder.loader(file)) for file, _ in folder.samples]
-    labels = torch.tensor([label for _, label in folder.samples], dtype=torch.long)
+    # a second, equally guarded read: the files may have changed since the first
+    images = [to_tensor(_open_image(file, convert=True)[1]) for file, _ in samples]
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     stacked = torch.stack(images) if images else torch.zeros(0, channels, image_size, image_size)
-    return ImageDataset(stacked.float(), labels, list(folder.classes), f"folder:{root.name}")
+    return ImageDataset(stacked.float(), labels, classes, f"folder:{root.name}")
 
 
 def write_image_folder(dataset: ImageDataset, root: str | os.PathLike) -> Path:

@@ -4,7 +4,10 @@ Every release of data-derived output is preceded by a `spend` entry holding the 
 mechanism of the run (written before any real record is read), and followed by a
 `release` entry naming the hash of what left the site. The budget check composes every
 `spend` entry ever written, so a crash, a resume or a rerun can never reset what was spent.
-A ledger that does not parse or whose chain is broken stops everything: it is never reset.
+A ledger that does not parse, whose chain is broken, whose entries do not fit the schema or
+(when the site's key is known) are not signed by it stops everything: it is never reset.
+A ledger file is created atomically with its header, so an existing file without one
+(even an empty one) is corrupt, never new.
 """
 
 from __future__ import annotations
@@ -14,25 +17,34 @@ import hashlib
 import json
 import math
 import os
+import re
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common.errors import FedsynthError
 from common.privacy.accounting import ACCOUNTANTS, Mechanism, check_delta, epsilon_of_history
+from common.signing import key_fingerprint
 
 GENESIS = "0" * 64
 LEDGER_FORMAT = 1
+KINDS = ("open", "spend", "release")
+MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clip_norm")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
 
 
-class LedgerError(RuntimeError):
-    """Base class for ledger failures."""
+class LedgerError(FedsynthError, RuntimeError):
+    """Base class for ledger failures: refusals the CLI and a site report in one line, never a crash."""
 
 
 class LedgerCorruptError(LedgerError):
-    """The ledger file does not parse or its hash chain is broken; nothing was changed."""
+    """The ledger file does not parse, breaks its chain, schema or signatures; nothing was changed."""
 
 
 class BudgetExceededError(LedgerError):
@@ -53,12 +65,84 @@ def _from_json_epsilon(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
 
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (bool is not a number here, and NaN/Infinity tokens are refused)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_hex(value: Any, pattern: re.Pattern[str] = _HEX64) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _schema_problem(entry: Any, number: int) -> str | None:
+    """Why entry `number` is not a well-formed entry, or None: so a reader never meets a KeyError or TypeError."""
+    if not isinstance(entry, dict):
+        return "is not a JSON object"
+    seq = entry.get("seq")
+    if type(seq) is not int:
+        return f"has seq {seq!r}, not an integer"
+    for key in ("prev", "hash"):
+        if not _is_hex(entry.get(key)):
+            return f"has no 64-hex {key}"
+    if "signature" in entry and not _is_hex(entry["signature"], _HEX128):
+        return "has a signature that is not 128 hex digits"
+    if "time" in entry and not isinstance(entry["time"], str):
+        return "has a time that is not a string"
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        return f"has kind {kind!r}, not one of {', '.join(KINDS)}"
+    if (kind == "open") != (number == 0):
+        return "is not the ledger header" if number == 0 else "is a second ledger header"
+    if kind == "open":
+        if type(entry.get("format")) is not int or entry["format"] != LEDGER_FORMAT:
+            return f"has format {entry.get('format')!r}; this code reads format {LEDGER_FORMAT}"
+        budget = entry.get("budget_epsilon", "missing")
+        if budget is not None and not (_is_number(budget) and budget > 0):
+            return f"has budget_epsilon {budget!r}, not a positive number or null"
+        if not (_is_number(entry.get("delta")) and 0 < entry["delta"] < 1):
+            return f"has delta {entry.get('delta')!r}, not a number in (0, 1)"
+        if entry.get("accountant") not in ACCOUNTANTS:
+            return f"has accountant {entry.get('accountant')!r}, not one of {', '.join(ACCOUNTANTS)}"
+        if "public_key" in entry and not _is_hex(entry["public_key"]):
+            return "has a public_key that is not 64 hex digits"
+        return None
+    if not isinstance(entry.get("run_id"), str):
+        return "has no string run_id"
+    if kind == "release":
+        return None if _is_hex(entry.get("sha256")) else "has no 64-hex sha256"
+    mechanism = entry.get("mechanism")
+    if not isinstance(mechanism, dict) or sorted(mechanism) != sorted(MECHANISM_FIELDS):
+        return f"has mechanism {mechanism!r}, not exactly {', '.join(MECHANISM_FIELDS)}"
+    if not all(_is_number(mechanism[key]) for key in MECHANISM_FIELDS) or type(mechanism["steps"]) is not int:
+        return f"has mechanism {mechanism!r}: fields must be finite numbers and steps an integer"
+    try:
+        Mechanism(**mechanism)
+    except (TypeError, ValueError) as err:
+        return f"has an invalid mechanism ({err})"
+    if not (_is_number(entry.get("delta")) and 0 < entry["delta"] < 1):
+        return f"has delta {entry.get('delta')!r}, not a number in (0, 1)"
+    if not isinstance(entry.get("accountant"), str):
+        return "has no string accountant"
+    for key in ("epsilon", "site_epsilon_after"):
+        if entry.get(key) is not None and not _is_number(entry[key]):
+            return f"has {key} {entry[key]!r}, not a number or null"
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class Ledger:
     """One site's ledger file. Open with `Ledger.open(path, ...)`; every method re-reads and verifies."""
 
     def __init__(self, path: Path, signer: Ed25519PrivateKey | None = None) -> None:
         self.path = Path(path)
-        self.signer = signer  # the site's Ed25519 key: each new entry's hash is signed with it
+        self.signer = signer  # the site's Ed25519 key: new entries are signed and every entry read is verified with it
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -73,83 +157,126 @@ class Ledger:
         """Open an existing ledger (checking it) or create one with a total budget (default ε=10, δ=1e-5, RDP).
 
         Budget arguments given for an existing ledger must match what it records: a site's
-        budget is fixed when its ledger is created. With `signer`, every entry written from
-        now on carries the site's Ed25519 signature over its hash (checked by `fedsynth audit`).
+        budget is fixed when its ledger is created. With `signer`, every entry must carry the
+        site's Ed25519 signature over its hash, new entries are signed, and a new ledger's
+        header records the public key (checked again by `fedsynth audit`).
         """
         ledger = cls(Path(path), signer)
-        if ledger.path.exists() and ledger.path.stat().st_size > 0:
-            header = ledger.header()
-            asked = {"budget_epsilon": budget_epsilon, "delta": delta, "accountant": accountant}
-            recorded = {
-                "budget_epsilon": _from_json_epsilon(header["budget_epsilon"]),
-                "delta": header["delta"],
-                "accountant": header["accountant"],
+        if not os.path.lexists(ledger.path):
+            budget = 10.0 if budget_epsilon is None else float(budget_epsilon)
+            new_delta = 1e-5 if delta is None else float(delta)
+            new_accountant = accountant or "rdp"
+            if not budget > 0:
+                raise ValueError(f"site budget epsilon must be > 0, got {budget}")
+            check_delta(new_delta)
+            if new_accountant not in ACCOUNTANTS:
+                raise ValueError(f"unknown accountant {new_accountant!r}")
+            header: dict[str, Any] = {
+                "kind": "open",
+                "format": LEDGER_FORMAT,
+                "budget_epsilon": _json_epsilon(budget),
+                "delta": new_delta,
+                "accountant": new_accountant,
             }
-            for key, value in asked.items():
-                if value is not None and value != recorded[key]:
-                    raise LedgerError(
-                        f"{ledger.path}: {key} is {recorded[key]} in this ledger and cannot be changed to {value}; "
-                        "a site's budget is fixed when its ledger is created"
-                    )
-            return ledger
-        budget = 10.0 if budget_epsilon is None else float(budget_epsilon)
-        delta = 1e-5 if delta is None else float(delta)
-        accountant = accountant or "rdp"
-        if not budget > 0:
-            raise ValueError(f"site budget epsilon must be > 0, got {budget}")
-        check_delta(delta)
-        if accountant not in ACCOUNTANTS:
-            raise ValueError(f"unknown accountant {accountant!r}")
-        ledger.path.parent.mkdir(parents=True, exist_ok=True)
-        with ledger._locked() as entries:
-            if not entries:
-                ledger._append(
-                    entries,
-                    {
-                        "kind": "open",
-                        "format": LEDGER_FORMAT,
-                        "budget_epsilon": _json_epsilon(budget),
-                        "delta": delta,
-                        "accountant": accountant,
-                    },
+            if signer is not None:
+                header["public_key"] = key_fingerprint(signer.public_key())
+            if ledger._create(ledger._seal([], header)):
+                return ledger
+            # another process created it first: open theirs like any existing ledger
+        header = ledger.header()
+        asked = {"budget_epsilon": budget_epsilon, "delta": delta, "accountant": accountant}
+        recorded = {
+            "budget_epsilon": _from_json_epsilon(header["budget_epsilon"]),
+            "delta": header["delta"],
+            "accountant": header["accountant"],
+        }
+        for key, value in asked.items():
+            if value is not None and value != recorded[key]:
+                raise LedgerError(
+                    f"{ledger.path}: {key} is {recorded[key]} in this ledger and cannot be changed to {value}; "
+                    "a site's budget is fixed when its ledger is created"
                 )
         return ledger
 
+    def _create(self, header: dict[str, Any]) -> bool:
+        """Create the file holding only `header`, atomically (temp file, fsync, link); False if it already exists."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".new")  # mode 0600
+        try:
+            try:
+                os.write(fd, (json.dumps(header, sort_keys=True) + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(self.path.parent)
+        return True
+
     # ---- reading --------------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:
-        """All entries, verified: each parses, counts up from 0 and chains to the hash before it."""
-        if not self.path.exists():
-            raise LedgerError(f"no ledger at {self.path}")
-        with open(self.path, "rb") as handle:
+        """All entries, verified: each parses, fits the schema, counts up from 0, chains to the hash before it and,
+        when the site's key is known, is signed by it."""
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            raise LedgerError(f"no ledger at {self.path}") from None
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # never read half of an append
             return self._parse(handle.read())
 
     def _parse(self, raw: bytes) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        if raw and not raw.endswith(b"\n"):
+        if not raw:
+            raise LedgerCorruptError(f"{self.path}: empty ledger file (no header): it was cut or replaced")
+        if not raw.endswith(b"\n"):
             raise LedgerCorruptError(f"{self.path}: last entry is incomplete (no newline): the file was cut or edited")
+        public_key = self.signer.public_key() if self.signer is not None else None
+        entries: list[dict[str, Any]] = []
         previous = GENESIS
         for number, line in enumerate(raw.splitlines()):
             try:
                 entry = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise LedgerCorruptError(f"{self.path}: entry {number} does not parse ({err})") from err
-            if not isinstance(entry, dict) or entry.get("seq") != number:
+            problem = _schema_problem(entry, number)
+            if problem is not None:
+                raise LedgerCorruptError(f"{self.path}: entry {number} {problem}")
+            if entry["seq"] != number:
                 raise LedgerCorruptError(f"{self.path}: entry {number} is out of sequence")
-            if entry.get("prev") != previous:
+            if entry["prev"] != previous:
                 raise LedgerCorruptError(f"{self.path}: entry {number} does not chain to entry {number - 1}")
-            if entry.get("hash") != _entry_hash(entry):
+            if entry["hash"] != _entry_hash(entry):
                 raise LedgerCorruptError(f"{self.path}: entry {number} was changed after it was written")
+            if public_key is not None:
+                if number == 0 and entry.get("public_key", key_fingerprint(public_key)) != key_fingerprint(public_key):
+                    raise LedgerCorruptError(
+                        f"{self.path}: this ledger belongs to another key (public key {entry['public_key'][:16]}…), "
+                        "not this site's signing key"
+                    )
+                try:
+                    public_key.verify(bytes.fromhex(entry.get("signature", "")), entry["hash"].encode())
+                except (InvalidSignature, ValueError):
+                    raise LedgerCorruptError(f"{self.path}: entry {number} is not signed by this site's key") from None
             previous = entry["hash"]
             entries.append(entry)
-        if entries and entries[0].get("kind") != "open":
-            raise LedgerCorruptError(f"{self.path}: entry 0 is not the ledger header")
         return entries
 
     def header(self) -> dict[str, Any]:
+        return self.entries()[0]
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last entry: what a server keeps to catch a ledger later rolled back or forked."""
+        last = self.entries()[-1]
+        return last["seq"], last["hash"]
+
+    def entry_at(self, seq: int) -> dict[str, Any] | None:
+        """Entry number `seq`, or None if the ledger has none."""
         entries = self.entries()
-        if not entries:
-            raise LedgerCorruptError(f"{self.path}: empty ledger file")
-        return entries[0]
+        return entries[seq] if type(seq) is int and 0 <= seq < len(entries) else None
 
     @staticmethod
     def _spends(entries: list[dict[str, Any]]) -> list[Mechanism]:
@@ -172,7 +299,7 @@ class Ledger:
 
     # ---- writing --------------------------------------------------------------------------
     def spend(self, run_id: str, mechanism: Mechanism, delta: float, accountant: str, details: dict) -> dict:
-        """Record the whole planned mechanism of `run_id` before any real record is touched.
+        """Record the whole planned mechanism of `run_id` before any real record is touched; returns the entry.
 
         Raises BudgetExceededError (writing nothing) if the composition of the site's history
         with this mechanism would exceed the site budget.
@@ -194,30 +321,45 @@ class Ledger:
                     f"site budget exhausted: spent ε={before:.4g}, this release would bring it to ε={after:.4g} "
                     f"> budget ε={budget:.4g} at δ={header['delta']:g} (ledger {self.path}). Nothing was spent."
                 )
+            canonical = {  # the JSON types the reader demands (steps an int even if given as 100.0)
+                "noise_multiplier": float(mechanism.noise_multiplier),
+                "sample_rate": float(mechanism.sample_rate),
+                "steps": int(mechanism.steps),
+                "clip_norm": float(mechanism.clip_norm),
+            }
             return self._append(
                 entries,
                 {
+                    **details,  # first: details can never override what is accounted
                     "kind": "spend",
                     "run_id": run_id,
-                    "mechanism": mechanism.to_dict(),
+                    "mechanism": canonical,
                     "delta": delta,
                     "accountant": accountant,
                     "site_epsilon_after": _json_epsilon(after),
-                    **details,
                 },
             )
 
     def record_release(self, run_id: str, sha256: str) -> dict:
-        """Record that `run_id`'s output (content hash `sha256`) is about to leave the site."""
+        """Record that `run_id`'s output (content hash `sha256`) is about to leave the site; once per run."""
         with self._locked() as entries:
             if not any(e["kind"] == "spend" and e["run_id"] == run_id for e in entries):
                 raise LedgerError(f"run {run_id} has no spend entry: refusing to release unaccounted output")
+            earlier = next((e for e in entries if e["kind"] == "release" and e["run_id"] == run_id), None)
+            if earlier is not None:
+                raise LedgerError(
+                    f"run {run_id} was already released (entry {earlier['seq']}): one spend pays for one release"
+                )
             return self._append(entries, {"kind": "release", "run_id": run_id, "sha256": sha256})
 
     @contextmanager
     def _locked(self) -> Iterator[list[dict[str, Any]]]:
-        """Exclusive lock over read-verify-append, so concurrent runs at one site cannot both pass the check."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Exclusive lock over read-verify-append, so concurrent runs at one site cannot both pass the check.
+        Never creates the file: only `open` does, atomically with its header."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            raise LedgerError(f"no ledger at {self.path}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "rb") as handle:
@@ -227,28 +369,38 @@ class Ledger:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def _append(self, entries: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+    def _seal(self, entries: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+        """The next entry after `entries`: numbered, chained, hashed, signed, and checked as a reader would."""
+        if "hash" in body or "signature" in body:
+            raise ValueError("an entry's hash and signature are computed by the ledger, not given")
+        header = entries[0] if entries else body
+        if self.signer is None and "public_key" in header:
+            raise LedgerError(
+                f"{self.path} is signed by the site's key: open it with that key (signer=...) to write to it"
+            )
         entry = {
+            **body,
             "seq": len(entries),
             "prev": entries[-1]["hash"] if entries else GENESIS,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **body,
         }
         entry["hash"] = _entry_hash(entry)
         if self.signer is not None:
             entry["signature"] = self.signer.sign(entry["hash"].encode()).hex()
+        problem = _schema_problem(entry, len(entries))
+        if problem is not None:  # never write what the next read would call corrupt
+            raise ValueError(f"refusing to write ledger entry {len(entries)}: it {problem}")
+        return entry
+
+    def _append(self, entries: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+        entry = self._seal(entries, body)
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, line)
+            if os.write(fd, line) != len(line):  # a full disk: the reader will refuse the cut line
+                raise LedgerError(f"{self.path}: short write of entry {entry['seq']}")
             os.fsync(fd)
         finally:
             os.close(fd)
-        if not entries:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         entries.append(entry)
         return entry

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.errors import FedsynthError
+
 NORMS = ("instancenorm", "groupnorm", "none", "batchnorm")
 
 
-class ModelNotPrivateError(ValueError):
+class ModelNotPrivateError(FedsynthError, ValueError):
     """Opacus cannot compute per-example gradients for this network (e.g. it has BatchNorm)."""
 
 

@@ -8,29 +8,31 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.claim import Claim
+from common.errors import FedsynthError
 
-def signed_bytes(claim: dict[str, Any], run_id: str, nonce: str) -> bytes:
+
+def signed_bytes(claim: Claim, run_id: str, nonce: str) -> bytes:
     """The exact bytes both sides sign and verify."""
-    body = {"claim": claim, "run_id": run_id, "nonce": nonce}
+    body = {"claim": claim.to_json_dict(), "run_id": run_id, "nonce": nonce}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def sign(private_key: Ed25519PrivateKey, claim: dict[str, Any], run_id: str, nonce: str) -> bytes:
+def sign(private_key: Ed25519PrivateKey, claim: Claim, run_id: str, nonce: str) -> bytes:
     return private_key.sign(signed_bytes(claim, run_id, nonce))
 
 
-def verify(public_key: Ed25519PublicKey, signature: bytes, claim: dict[str, Any], run_id: str, nonce: str) -> bool:
+def verify(public_key: Ed25519PublicKey, signature: bytes, claim: Claim, run_id: str, nonce: str) -> bool:
     try:
         public_key.verify(signature, signed_bytes(claim, run_id, nonce))
         return True
-    except InvalidSignature:
+    except (InvalidSignature, ValueError, TypeError):  # a non-finite or odd value cannot have been signed
         return False
 
 
@@ -51,15 +53,45 @@ def generate_signing_key(private_path: Path, public_path: Path, force: bool = Fa
     return key.public_key()
 
 
+class KeyFileError(FedsynthError, ValueError):
+    """A key file that is missing, unreadable or not an Ed25519 key."""
+
+
+def _read_key_file(path: Path, limit: int = 16 * 1024) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise KeyFileError(f"{path} is not a regular file")
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise KeyFileError(f"{path}: cannot read the key ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise KeyFileError(f"{path}: too large to be a key")
+    return data
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    data = _read_key_file(Path(path))
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key ({type(err).__name__})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise KeyFileError(f"{path} is not an Ed25519 private key")
     return key
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    data = _read_key_file(Path(path))
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise KeyFileError(f"{path} is not a PEM public key ({type(err).__name__})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
+        raise KeyFileError(f"{path} is not an Ed25519 public key")
     return key
+
+
+def key_fingerprint(public_key: Ed25519PublicKey) -> str:
+    """The raw 32-byte public key as hex: what identifies a site across names and files."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()

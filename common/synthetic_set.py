@@ -17,21 +17,60 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.claim import Claim, ClaimError
+from common.errors import FedsynthError, one_line
+
 SET_FILE, CLAIM_FILE, PICTURE_FILE = "synthetic.safetensors", "claim.json", "synthetic.png"
+
+
+class SetError(FedsynthError, ValueError):
+    """A synthetic set file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass
 class SyntheticSet:
     images: torch.Tensor
     labels: torch.Tensor
-    claim: dict[str, Any]
+    claim: Claim | None  # None for a pool file or a set without a readable claim.json
     weights: torch.Tensor | None = None  # per-image training weights: a server's pool file keeps them
 
     @property
     def classes(self) -> list[str]:
-        return list(self.claim.get("classes") or [str(c) for c in range(int(self.labels.max()) + 1)])
+        if self.claim is not None:
+            return list(self.claim.classes)
+        return [str(c) for c in range(int(self.labels.max()) + 1 if self.labels.numel() else 0)]
+
+
+def set_problem(images: Any, labels: Any, num_classes: int, image_shape: tuple[int, ...] | None = None,
+                max_ipc: int | None = None) -> str | None:
+    """Why `images`/`labels` are not a usable set (None when they are): dtypes, shapes, finite pixels in [0, 1],
+    labels in range, at least one image and at most `max_ipc` per class. The server and `fedsynth evaluate` agree."""
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return "schema: images and labels must be tensors"
+    if images.dtype != torch.float32:
+        return f"dtype: images are {images.dtype}, expected float32"
+    if labels.dtype != torch.int64:
+        return f"dtype: labels are {labels.dtype}, expected int64"
+    expected = "[N, C, H, W]" if image_shape is None else f"[N, {', '.join(map(str, image_shape))}]"
+    if images.ndim != 4 or (image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape)):
+        return f"shape: images are {tuple(images.shape)}, expected {expected}"
+    if labels.shape != (images.shape[0],):
+        return f"shape: {tuple(labels.shape)} labels for {images.shape[0]} images"
+    if labels.numel() == 0:
+        return "ipc: the set holds no images"
+    if not bool(torch.isfinite(images).all()):
+        return "values: images contain NaN or infinite values"
+    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        return "values: pixels outside [0, 1]"
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        return f"labels: outside 0..{num_classes - 1}"
+    most = int(torch.bincount(labels, minlength=num_classes).max())
+    if max_ipc is not None and most > max_ipc:
+        return f"ipc: {most} images in one class, at most {max_ipc} allowed"
+    return None
 
 
 def to_8bit(images: torch.Tensor) -> torch.Tensor:
@@ -75,11 +114,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomic write: readers see the old file or the whole new one."""
+    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Atomic, strict-JSON write."""
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, picture: bool = True) -> Path:
@@ -89,7 +133,8 @@ def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, pict
     images = synthetic.images.detach().cpu().float().contiguous()
     labels = synthetic.labels.detach().cpu().long().contiguous()
     save_file({"images": images, "labels": labels}, str(out / SET_FILE), metadata={"format": "fedsynth-set/1"})
-    write_json(out / CLAIM_FILE, synthetic.claim)
+    if synthetic.claim is not None:
+        write_text(out / CLAIM_FILE, synthetic.claim.to_json(indent=2) + "\n")
     if picture:
         from common.plots import save_image_grid
 
@@ -97,10 +142,11 @@ def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, pict
     return out
 
 
-def _picture_title(claim: dict[str, Any]) -> str:
-    eps = claim.get("epsilon")
-    eps_text = "∞ (no noise)" if eps is None else f"{eps:.3g}"
-    return f"{claim.get('dataset', '')}  ipc={claim.get('ipc')}  ε={eps_text}  δ={claim.get('delta', 0):g}"
+def _picture_title(claim: Claim | None) -> str:
+    if claim is None:
+        return "synthetic set"
+    eps_text = f"{claim.epsilon:.3g}" if claim.private else "∞ (no noise)"
+    return f"{claim.dataset}  ipc={claim.ipc}  ε={eps_text}  δ={claim.delta:g}"
 
 
 def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
@@ -113,21 +159,31 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
 
 
 def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
-    """Read a set from its folder or its safetensors file (claim.json beside it, if any).
+    """Read a set from its folder or its safetensors file (claim.json beside it, if any); a file that is
+    not a set is a SetError naming it.
 
     A site's set holds `images` and `labels`; a server's pool file (`synthetic_pool.safetensors`)
-    also `weights`, one per image, the weights the global model was trained with.
+    also `weights`, one per image, the weights the global model was trained with. A claim.json of
+    another format is ignored (the set is still usable; its claim is not).
     """
     path = Path(path)
     file = path / SET_FILE if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"no synthetic set at {file}")
-    tensors = load_file(str(file))
+    if not file.is_file():
+        raise SetError(f"no synthetic set at {file}")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
     if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights"}:
-        raise ValueError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', found {sorted(tensors)}")
+        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', found {sorted(tensors)[:5]}")
     weights = tensors.get("weights")
     if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
-        raise ValueError(f"{file}: {problem}")
+        raise SetError(f"{file}: {problem}")
     claim_file = file.parent / CLAIM_FILE
-    claim = json.loads(claim_file.read_text()) if claim_file.exists() else {}
+    claim = None
+    if claim_file.is_file():
+        try:
+            claim = Claim.from_json(claim_file.read_bytes())
+        except (ClaimError, OSError):
+            claim = None
     return SyntheticSet(tensors["images"], tensors["labels"], claim, weights)

@@ -19,33 +19,16 @@ from typing import Sequence
 
 import torch
 
-SIGNAL_KEY = "class_signal"
-DIMENSION_KEY = "release_dimension"  # how many numbers one release holds (the site network's parameter count, d)
+from common.claim import Claim
+
 WEIGHTINGS = ("auto", "matched", "signal", "uniform")
 AUTO_MIN_RUN_SNR = 1.0  # `auto` weighs when the median (site, class) cell's run carried at least as much signal as noise
 _NO_NOISE = 1e-12  # a site that added no noise: its releases' noise norm, kept above 0
 
 
-def signal_problem(claim: dict, num_classes: int) -> str | None:
-    """Why a claim's `class_signal` or `release_dimension` cannot be used (None when absent or well formed)."""
-    signal = claim.get(SIGNAL_KEY)
-    dimension = claim.get(DIMENSION_KEY)
-    if dimension is not None and (not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1):
-        return f"values: {DIMENSION_KEY} must be a positive integer"
-    if signal is None:
-        return None
-    if not isinstance(signal, list) or len(signal) != num_classes:
-        return f"schema: {SIGNAL_KEY} must list one number per class ({num_classes})"
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-               for v in signal):
-        return f"values: {SIGNAL_KEY} must be finite and non-negative"
-    return None
-
-
-def release_noise(claim: dict) -> float | None:
-    """The norm of one release's noise in units of C, σ·√d (None when the claim does not give d)."""
-    dimension = claim.get(DIMENSION_KEY)
-    return None if dimension is None else float(claim["noise_multiplier"]) * math.sqrt(dimension)
+def release_noise(claim: Claim) -> float:
+    """The norm of one release's noise in units of C, σ·√d."""
+    return claim.noise_multiplier * math.sqrt(claim.release_dimension)
 
 
 def median_run_snr(signals: Sequence[Sequence[float] | None], noise: Sequence[float | None] | None,

@@ -8,23 +8,38 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from common.errors import one_line
 from common.plots import save_image_grid
 from common.synthetic_set import write_json
 
 POOL_PICTURE_PER_CLASS = 30  # a 100-site pool would make a picture of hundreds of MB
 
 
+def _number(value: Any, spec: str) -> str:
+    """A figure for a table cell: only real numbers are formatted; anything else is a dash."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return "∞" if value == float("inf") else format(value, spec)
+
+
 def privacy_markdown(sites: list[dict[str, Any]]) -> str:
-    """One row per site: ε, δ, σ, q, steps, accepted or why not; upload size and site time where known."""
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-    kb = lambda v: None if v is None else v / 1024  # noqa: E731
-    lines = ["| site | ε | δ | σ | q | steps | accepted | reason | upload KiB | site time s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per site: ε, δ, σ, q, releases, accepted or why not; upload size and site time where known.
+
+    Only accepted rows carry claim values; every text cell is one line with `|` escaped, so no
+    reply can add or forge a row."""
+    lines = ["| site | node | ε | δ | σ | q | releases | accepted | reason | upload KiB | site time s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sites:
-        lines.append(f"| {s['site']} | {fmt(s.get('epsilon'), '.4g')} | {fmt(s.get('delta'), 'g')} | "
-                     f"{fmt(s.get('noise_multiplier'), '.4g')} | {fmt(s.get('sample_rate'), '.4g')} | "
-                     f"{fmt(s.get('steps'), 'd')} | {'yes' if s['accepted'] else 'no'} | {s['reason']} | "
-                     f"{fmt(kb(s.get('upload_bytes')), '.1f')} | {fmt(s.get('seconds'), '.0f')} |")
+        accepted = s.get("accepted") is True
+        claim = s if accepted else {}
+        upload = s.get("upload_bytes")
+        lines.append(f"| {one_line(s.get('site', '?'), 80)} | {one_line(s.get('node', ''), 40)} | "
+                     f"{_number(claim.get('epsilon'), '.3g')} | {_number(claim.get('delta'), 'g')} | "
+                     f"{_number(claim.get('noise_multiplier'), '.4g')} | {_number(claim.get('sample_rate'), '.4g')} | "
+                     f"{_number(claim.get('releases'), 'd')} | {'yes' if accepted else 'no'} | "
+                     f"{one_line(s.get('reason', ''))} | "
+                     f"{_number(upload / 1024 if isinstance(upload, int) else None, '.1f')} | "
+                     f"{_number(s.get('seconds'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,22 +15,21 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.data import ImageDataset, load_dataset
 from common.evaluation import TrainConfig, accuracy, train_classifier
-from common.payload import PayloadError, from_record, payload_bytes, read_telemetry
-from common.signing import load_public_key
 from common.versions import library_versions
+from server.anchors import AnchorsError, LedgerAnchors
 from server.collect import stream_replies
-from server.pool import SIGNAL_KEY, WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
+from server.intake import Intake
+from server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
+from server.registry import KeyRegistry
 from server.report import privacy_markdown, write_outputs
-from server.validation import UploadPolicy, Verdict, check_upload
+from server.validation import UploadPolicy
 
 app = ServerApp()
 
-REQUEST_KEYS = ("dataset", "epsilon", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
-                "replay-epochs", "replay-lr-end", "release-layers", "partition", "alpha", "seed", "keys-dir", "sites-dir", "site-budget")
-# what the per-site table keeps from each claim: the mechanism, and the site's public seed to reproduce its run
-CLAIM_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant", "seed",
-                 "class_signal", "release_dimension")
-
+# run-config keys only the server uses; every other key reaches the sites in the request (the engine's keys are
+# defined once, in client/config.py, and a site reads the ones it knows)
+SERVER_ONLY = ("output-dir", "anchors-file", "policy-epsilon", "min-sites", "expected-sites", "connect-timeout",
+               "timeout", "eval-epochs", "eval-width", "eval-augment", "pool-weighting")
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
     """Node ids once `wanted` sites are connected, or once at least `enough` are and none joined for
@@ -47,11 +46,6 @@ def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle
         time.sleep(0.5)
 
 
-def _public_key(keys_dir: Path, site: str):
-    path = keys_dir / f"{site}.pub"
-    return load_public_key(path) if path.exists() else None
-
-
 def _fail(out: Path, sites: list[dict], cfg: dict, test: ImageDataset, reason: str) -> None:
     """Write the report of a round that cannot complete, then stop the run with `reason`."""
     write_outputs(out, metrics={"accuracy": None, "status": "failed", "reason": reason}, sites=sites, config=cfg,
@@ -59,12 +53,6 @@ def _fail(out: Path, sites: list[dict], cfg: dict, test: ImageDataset, reason: s
                   pool_labels=torch.zeros(0, dtype=torch.long), classes=test.classes, model=None)
     print(f"[fedsynth] round failed: {reason}; see {out}/privacy_report.md", flush=True)
     raise RuntimeError(reason)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    """A site's error (often a multi-line traceback) as one table-safe line, its end kept where it is long."""
-    flat = " ".join(str(text).replace("|", "/").split())
-    return flat if len(flat) <= limit else f"{flat[: limit // 3]} … {flat[-2 * limit // 3:]}"
 
 
 @app.main()
@@ -76,63 +64,50 @@ def main(grid: Grid, context: Context) -> None:
     weighting = str(cfg.get("pool-weighting", "auto"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+    try:
+        anchors = LedgerAnchors(Path(str(cfg["anchors-file"])))
+    except AnchorsError as err:
+        _fail(out, [], cfg, test, str(err))
     nodes = _wait_for_sites(grid, int(cfg["expected-sites"]), min_sites, float(cfg["connect-timeout"]))
     if len(nodes) < min_sites:
         _fail(out, [], cfg, test, f"only {len(nodes)} site(s) connected, the round needs min-sites={min_sites}")
 
     run_id, nonce = str(context.run_id), secrets.token_hex(16)
-    request = ConfigRecord({**{k: cfg[k] for k in REQUEST_KEYS if k in cfg}, "run-id": run_id, "nonce": nonce})
+    request = ConfigRecord({**{k: v for k, v in cfg.items() if k not in SERVER_ONLY}, "run-id": run_id, "nonce": nonce})
     messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.TRAIN)
                 for node in nodes]
     print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})", flush=True)
 
     policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
                           max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]))
-    keys_dir = Path(str(cfg["keys-dir"]))
-    sites, accepted, seen = [], [], set()
+    intake = Intake(policy, KeyRegistry(Path(str(cfg["keys-dir"]))), anchors, run_id, nonce)
+    sites: list[dict] = []
     answered: set[int] = set()
-    for reply in stream_replies(grid, messages, timeout=float(cfg.get("timeout", 3600))):
+    for reply in stream_replies(grid, messages, timeout=float(cfg["timeout"])):
         answered.add(reply.metadata.src_node_id)
-        row, verdict = {"site": f"node-{reply.metadata.src_node_id}"}, None
-        if reply.has_error():
-            verdict = Verdict.reject(f"site error: {_one_line(reply.error.reason)}")
-        elif "refusal" in reply.content:
-            row["site"] = str(reply.content["refusal"]["site"])
-            verdict = Verdict.reject(f"site refused: {reply.content['refusal']['refused']}")
-        else:
-            try:
-                upload = from_record(reply.content)
-                row["site"] = upload.site
-                row.update(upload_bytes=payload_bytes(reply.content), **read_telemetry(reply.content))
-                row.update({k: upload.claim.get(k) for k in CLAIM_COLUMNS})
-                if upload.site in seen:
-                    verdict = Verdict.reject("duplicate: this site already replied")
-                else:
-                    verdict = check_upload(upload, policy, _public_key(keys_dir, upload.site), run_id, nonce)
-                    seen.add(upload.site)
-                if verdict.accepted:
-                    accepted.append(upload)
-            except PayloadError as err:
-                verdict = Verdict.reject(str(err))
-        row.update(accepted=verdict.accepted, reason=verdict.reason)
+        row, verdict = intake.judge(reply)
+        eps = f", ε={row['epsilon']:.3g}" if verdict.accepted else ""
         print(f"[fedsynth] {len(answered)}/{len(nodes)} sites answered; {row['site']}: "
-              f"{'accepted' if verdict.accepted else 'rejected'} ({verdict.reason}), ε={row.get('epsilon')}", flush=True)
+              f"{'accepted' + eps if verdict.accepted else 'rejected: ' + row['reason']}", flush=True)
         sites.append(row)
     for node in nodes:
         if node not in answered:
-            sites.append({"site": f"node-{node}", "accepted": False, "reason": "no reply before the timeout"})
+            sites.append({"site": f"node-{node}", "node": f"node-{node}", "accepted": False,
+                          "reason": "no reply before the timeout"})
             print(f"[fedsynth] node-{node}: no reply before the timeout", flush=True)
     sites.sort(key=lambda s: s["site"])
+    accepted = intake.accepted
+    anchors.save()  # before anything else can fail: these sites' releases are spent whatever the round does
 
     if len(accepted) < min_sites:
         _fail(out, sites, cfg, test, f"{len(accepted)} site(s) accepted, fewer than min-sites={min_sites}")
 
     images = torch.cat([u.images for u in accepted])
     labels = torch.cat([u.labels for u in accepted])
-    train_config = TrainConfig(epochs=int(cfg.get("eval-epochs", 300)), width=int(cfg.get("eval-width", 128)),
-                               augment=bool(cfg.get("eval-augment", TrainConfig.augment)))
-    signals, noise = [u.claim.get(SIGNAL_KEY) for u in accepted], [release_noise(u.claim) for u in accepted]
-    releases = [u.claim.get("steps") for u in accepted]
+    train_config = TrainConfig(epochs=int(cfg["eval-epochs"]), width=int(cfg["eval-width"]),
+                               augment=bool(cfg["eval-augment"]))
+    signals = [None if u.claim.class_signal is None else list(u.claim.class_signal) for u in accepted]
+    noise, releases = [release_noise(u.claim) for u in accepted], [u.claim.releases for u in accepted]
     run_snr = median_run_snr(signals, noise, releases)
     chosen = choose_weighting(weighting, run_snr)
     if weighting == "auto":

@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 
 import torch
 
-REQUIRED_CLAIM = {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "clip_norm", "accountant"}
+REQUIRED_CLAIM = {"epsilon", "delta", "noise_multiplier", "sample_rate", "releases", "clip_norm", "accountant"}
 
 
 def fedsynth(*args, home):
     env = {**os.environ, "FEDSYNTH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "common.cli", *map(str, args)], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "client.cli", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=600)
 
 
@@ -30,7 +30,7 @@ def test_distill_then_evaluate_end_to_end(tmp_path):
     assert tensors["labels"].dtype == torch.int64 and tensors["labels"].tolist() == [c for c in range(10) for _ in range(2)]
     assert 0.0 <= tensors["images"].min() and tensors["images"].max() <= 1.0
     claim = json.loads((out / "claim.json").read_text())
-    assert REQUIRED_CLAIM <= set(claim) and claim["epsilon"] <= 4 and claim["steps"] == 4 and claim["seed"] == 3
+    assert REQUIRED_CLAIM <= set(claim) and claim["epsilon"] <= 4 and claim["releases"] == 4 and claim["seed"] == 3
     assert (out / "synthetic.png").read_bytes()[:4] == b"\x89PNG"
     ledger = (tmp_path / "home" / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(line)["kind"] for line in ledger] == ["open", "spend", "release"]
@@ -62,7 +62,71 @@ def test_evaluate_trains_a_pool_file_as_the_server_did_unless_told_uniform(tmp_p
 
 def test_bad_input_is_a_clear_error_with_nonzero_exit(tmp_path):
     run = fedsynth("distill", "--dataset", "mnist5k", "--epsilon", 0, "--out", tmp_path / "x", home=tmp_path / "home")
-    assert run.returncode == 2 and "epsilon must be > 0" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "epsilon must be a number in (0.0, inf]" in run.stderr and "Traceback" not in run.stderr
     run = fedsynth("distill", "--data-dir", tmp_path / "missing", "--out", tmp_path / "x", home=tmp_path / "home")
     assert run.returncode == 2 and "does not exist" in run.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _bad_set(folder, images, labels):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"images": images, "labels": labels}, str(folder / "synthetic.safetensors"))
+    return folder
+
+
+def _refusals(tmp_path):
+    """(arguments, what the one line says) for refusals a user can run into."""
+    d = ["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "o"]
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    return [
+        (d + ["--clip-norm", "nan"], "--clip-norm"),
+        (d + ["--clip-norm", "inf"], "clip_norm must be a finite number"),
+        (d + ["--sample-rate", "0"], "sample_rate"),
+        (d + ["--lr-images", "nan"], "--lr-images"),
+        (d + ["--batch-per-class", "-5"], "batch_per_class"),
+        (d + ["--steps", "100000000"], "iterations"),
+        (d + ["--depth", "9"], "cannot run on"),
+        (d + ["--device", "cuda:7"], "cannot run"),
+        (d + ["--signing-key", tmp_path], "cannot read the key"),
+        (["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "a-file" / "o"], "cannot create"),
+        (["evaluate", _bad_set(tmp_path / "nan", torch.full((10, 1, 28, 28), float("nan")), torch.arange(10)),
+          "--dataset", "mnist5k"], "NaN"),
+        (["evaluate", _bad_set(tmp_path / "short", torch.rand(10, 1, 28, 28), torch.arange(3)), "--dataset",
+          "mnist5k"], "(3,) labels for 10 images"),
+        (["evaluate", _bad_set(tmp_path / "none", torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)),
+          "--dataset", "mnist5k"], "no images"),
+        (["evaluate", tmp_path / "garbage.safetensors", "--dataset", "mnist5k"], "not a readable safetensors"),
+        (["evaluate", tmp_path / "nowhere", "--dataset", "mnist5k"], "no synthetic set"),
+        (["audit", tmp_path / "nowhere.jsonl"], "does not exist"),
+        (d + ["--limit", "0"], "must be at least 1"),
+        (d + ["--limit", "-5"], "must be at least 1"),
+        (d + ["--epsilon", "nan"], "--epsilon"),
+    ]
+
+
+def test_every_refusal_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from client.cli import main
+
+    monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
+    for args, says in _refusals(tmp_path):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's own refusals exit from the parser
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and err.startswith(f"fedsynth {args[0]}: error:") and says in err, (args, err)
+    assert not (tmp_path / "home" / "ledger.jsonl").exists() or \
+        [json.loads(line)["kind"] for line in (tmp_path / "home" / "ledger.jsonl").read_text().splitlines()] == ["open"]
+
+
+def test_audit_fails_an_empty_ledger(tmp_path, capsys):
+    from client.cli import main
+
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert main(["audit", str(tmp_path / "empty.jsonl"), "--report", str(tmp_path / "report")]) == 1
+    assert "AUDIT FAILED" in capsys.readouterr().out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from common.ledger import Ledger
 from common.partition import site_dataset
 from common.pki import KeyPlan, make_keys
 from common.privacy.accounting import Mechanism
+from common.signing import load_private_key
 from common.simulation import run_status_code, stop_process_group
 from conftest import write_app_with_faults
 
@@ -52,7 +52,8 @@ def federation(tmp_path_factory):
             if site == "site-3":
                 config["fault"] = "tamper"
             if site == "site-4":  # nothing left of its budget
-                Ledger.open(home / "ledger.jsonl", budget_epsilon=1.0).spend(
+                key = load_private_key(keys / "sites" / site / "signing.pem")
+                Ledger.open(home / "ledger.jsonl", budget_epsilon=1.0, signer=key).spend(
                     "earlier", Mechanism(2.0, 0.01, 100, 1.0), 1e-5, "rdp", {})
             nodes.append(start_supernode(link, keys / "sites" / site, config, home / "supernode.log"))
         yield {"link": link, "keys": keys, "tmp": tmp, "app": write_app_with_faults(tmp), "nodes": nodes}
@@ -65,7 +66,7 @@ def federation(tmp_path_factory):
 def _submit(federation, out: Path, extra: str) -> int:
     link = federation["link"]
     config = (TINY + f' output-dir="{out}" keys-dir="{federation["keys"] / "server" / "site-keys"}" '
-              f'connect-timeout=120 {extra}')
+              f'anchors-file="{federation["tmp"] / "anchors.json"}" connect-timeout=120 {extra}')
     done = subprocess.run(["flwr", "run", str(federation["app"]), CONNECTION, "--run-config", config, "--stream"],
                           env=link.env, timeout=900)
     return done.returncode or run_status_code(link.env, CONNECTION)
@@ -93,7 +94,7 @@ def test_round_over_tls_with_authenticated_sites(federation):
     assert _submit(federation, out2, "expected-sites=5 min-sites=1") == 0
     sites = _by_site(out2)
     assert sites["site-0"]["accepted"]
-    assert not sites["site-1"]["accepted"] and sites["site-1"]["reason"].startswith("replay: signed for run"), sites
+    assert not sites["site-1"]["accepted"] and sites["site-1"]["reason"].startswith("replay: signed for another run"), sites
 
 
 def _wait_exit(process: subprocess.Popen, timeout: float) -> int | None:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from client.client_app import site_seed
 from common.ledger import Ledger
 from common.privacy.accounting import Mechanism
+from common.signing import generate_signing_key, load_private_key
 from common.simulation import run_simulation
 from server.pool import choose_weighting
 
@@ -45,7 +46,9 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     home = tmp_path / "sites-home"
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     # site-1 has almost spent its budget; site-2's ledger is corrupt (the engine stops with an error)
-    spent = Ledger.open(home / "site-1" / "ledger.jsonl", budget_epsilon=1.0)
+    key = generate_signing_key(tmp_path / "keys" / "site-1.pem", tmp_path / "keys" / "site-1.pub") and \
+        load_private_key(tmp_path / "keys" / "site-1.pem")
+    spent = Ledger.open(home / "site-1" / "ledger.jsonl", budget_epsilon=1.0, signer=key)
     spent.spend("earlier", Mechanism(2.0, 0.01, 100, 1.0), 1e-5, "rdp", {})
     corrupt = home / "site-2" / "ledger.jsonl"
     corrupt.parent.mkdir(parents=True)
@@ -54,7 +57,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
 
     out = tmp_path / "out"
     rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 output-dir="{out}" '
-                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{home}"',
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{home}" anchors-file="{tmp_path / "anchors.json"}"',
                         timeout=900)
     assert rc == 0
     for name in ARTIFACTS:
@@ -63,7 +66,9 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     by_site = {s["site"]: s for s in metrics["sites"]}
     assert by_site["site-0"]["accepted"] and by_site["site-3"]["accepted"]
     assert not by_site["site-1"]["accepted"] and "budget exhausted" in by_site["site-1"]["reason"]
-    assert sum(1 for s in metrics["sites"] if not s["accepted"] and "site error" in s["reason"]) == 1  # site-2
+    # site-2's damaged ledger is a refusal (one line), not a crash
+    assert not by_site["site-2"]["accepted"] and "site refused" in by_site["site-2"]["reason"]
+    assert "LedgerCorrupt" not in by_site["site-2"]["reason"] and "Traceback" not in by_site["site-2"]["reason"]
     assert by_site["site-0"]["epsilon"] <= 8.0 and by_site["site-0"]["delta"] == 1e-5
     # the run config's batch-per-class reaches the site: q = 48 × 10 classes / 1,000 records (a quarter of
     # the subset's 4,000 training images); the default 64 would give 0.64
@@ -90,7 +95,8 @@ def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
     rc = run_simulation(ROOT, 2, TINY + f' {setting} expected-sites=2 output-dir="{out}" '
-                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}"', timeout=600)
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"',
+                        timeout=600)
     assert rc != 0  # the wrapper reports the failed run, although `flwr run --stream` itself exits 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "failed" and reason in metrics["reason"]
@@ -108,7 +114,8 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     # (the late site holds one worker, the others use the other)
     late = TINY.replace("timeout=600", "timeout=150") + " hang-partition=1 hang-seconds=300"
     rc = run_simulation(app, 4, late + f' min-sites=2 expected-sites=4 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
-                        f'sites-dir="{tmp_path / "sites"}"', timeout=900, federation_config="client-resources-num-cpus=1")
+                        f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"', timeout=900,
+                        federation_config="client-resources-num-cpus=1")
     assert rc == 0 and time.monotonic() - started < 850
     metrics = json.loads((out / "metrics.json").read_text())
     timed_out = [s for s in metrics["sites"] if s["reason"] == "no reply before the timeout"]
@@ -118,3 +125,43 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     assert metrics["pool_weighting_asked"] == "auto"
     assert metrics["pool_weighting"] == choose_weighting("auto", metrics["pool_run_snr"])
     assert _leftovers(wait=30) == before  # the late site's worker was stopped too
+
+
+HOSTILE_REASONS = {  # what each crafted reply of tests/deploy_support/faulty_client_app.py must be rejected for
+    "nan": "NaN is not a JSON number", "deep": "not strict JSON (RecursionError)",
+    "huge-int": "not strict JSON (ValueError)", "string-epsilon": "epsilon must be a number",
+    "fractional-releases": "releases must be an integer", "huge-signal": "class_signal[] must lie in",
+    "refusal-without-site": "site refused: no", "refusal-wrong-type": "refusal record of the wrong type",
+    "forged-row": "site refused: x /", "path-name": "site name must match", "unregistered-key": "",
+    "oversized": "size: images", "wrong-records": "wrong types", "float-images": "images must be uint8",
+    "crash": "site error",
+}
+
+
+@pytest.mark.slow
+def test_hostile_replies_are_rejected_and_the_honest_sites_round_completes(tmp_path, monkeypatch, app_with_faults):
+    """Two honest sites and one site per crafted reply: every crafted reply is a rejection with its reason,
+    the report keeps one line per site, and the round completes with the honest sites' sets."""
+    monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
+    app = app_with_faults(tmp_path, "hostile-from = 2\n")
+    out = tmp_path / "out"
+    sites = 2 + len(HOSTILE_REASONS)
+    rc = run_simulation(app, sites, TINY + f' min-sites=2 expected-sites={sites} output-dir="{out}" '
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
+                        f'anchors-file="{tmp_path / "anchors.json"}"', timeout=900)
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["sites_accepted"] == 2
+    accepted = sorted(s["site"] for s in metrics["sites"] if s["accepted"])
+    assert accepted == ["site-0", "site-1"]
+    rejected = [s["reason"] for s in metrics["sites"] if not s["accepted"]]
+    assert len(rejected) == len(HOSTILE_REASONS)
+    for kind, reason in HOSTILE_REASONS.items():
+        assert any(reason in r for r in rejected), (kind, rejected)
+    for row in metrics["sites"]:  # rejected rows carry no claim values
+        assert row["accepted"] or "epsilon" not in row
+    table = [line for line in (out / "privacy_report.md").read_text().splitlines() if line.startswith("|")]
+    assert len(table) == 2 + sites  # header, rule, one line per site: no reply added or forged a row
+    assert sum(" | yes | " in line for line in table) == 2
+    anchors = json.loads((tmp_path / "anchors.json").read_text())["sites"]
+    assert sorted(a["site"] for a in anchors.values()) == ["site-0", "site-1"]

@@ -4,7 +4,9 @@ A site ledger is read as plain JSON lines and its hash chain and Ed25519 signatu
 verified here, independently of `common.ledger`; every spend's ε is recomputed from its
 recorded (σ, q, steps, δ) with dp-accounting's PLD accountant (the reference) and its RDP
 accountant, beside Opacus' RDP and PRV. A claim below the PLD value (beyond a small
-tolerance for the accountants' numerical error) fails, as does a site over its budget.
+tolerance for the accountants' numerical error) fails, as does a site over its budget, an
+empty or headerless ledger, an entry that does not fit the schema, a second release of one
+run, and a ledger that no longer holds the (seq, hash) a server saw (rolled back or forked).
 """
 
 from __future__ import annotations
@@ -12,21 +14,27 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.privacy.accounting import Mechanism, epsilon_of_history
+from common.privacy.accounting import ACCOUNTANTS, Mechanism, epsilon_of_history
 from common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
 
 # Opacus PRV and dp-accounting PLD are both numerical upper bounds; a valid claim may sit a
 # hair below the PLD value. 1 % relative slack is far below any error that matters.
 RELATIVE_TOLERANCE = 0.01
 GENESIS = "0" * 64
+LEDGER_FORMAT = 1
+MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps", "clip_norm")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
 
 
 def _inf(value: float | None) -> float:
@@ -88,12 +96,89 @@ def _entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _number(value: Any) -> bool:
+    """A finite JSON number; bool and the NaN/Infinity tokens are not."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _hex(value: Any, pattern: re.Pattern[str] = _HEX64) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def malformed(entry: dict[str, Any], position: int) -> str | None:
+    """Why the entry on line `position + 1` breaks the ledger schema, or None (checked here, not by common.ledger)."""
+    seq = entry.get("seq")
+    if type(seq) is not int:
+        return f"seq {seq!r} is not an integer"
+    for key in ("prev", "hash"):
+        if not _hex(entry.get(key)):
+            return f"{key} is not 64 hex digits"
+    if "signature" in entry and not _hex(entry["signature"], _HEX128):
+        return "signature is not 128 hex digits"
+    kind = entry.get("kind")
+    if kind not in ("open", "spend", "release"):
+        return f"kind {kind!r} is not open, spend or release"
+    if kind == "open" and position != 0:
+        return "a second ledger header"
+    if kind == "open":
+        if type(entry.get("format")) is not int or entry["format"] != LEDGER_FORMAT:
+            return f"format {entry.get('format')!r} is not {LEDGER_FORMAT}"
+        budget = entry.get("budget_epsilon", "missing")
+        if budget is not None and not (_number(budget) and budget > 0):
+            return f"budget_epsilon {budget!r} is not a positive number or null"
+        if not (_number(entry.get("delta")) and 0 < entry["delta"] < 1):
+            return f"delta {entry.get('delta')!r} is not a number in (0, 1)"
+        if entry.get("accountant") not in ACCOUNTANTS:
+            return f"accountant {entry.get('accountant')!r} is not one of {', '.join(ACCOUNTANTS)}"
+        if "public_key" in entry and not _hex(entry["public_key"]):
+            return "public_key is not 64 hex digits"
+        return None
+    if not isinstance(entry.get("run_id"), str):
+        return "run_id is not a string"
+    if kind == "release":
+        return None if _hex(entry.get("sha256")) else "sha256 is not 64 hex digits"
+    mechanism = entry.get("mechanism")
+    if not isinstance(mechanism, dict) or set(mechanism) != set(MECHANISM_FIELDS):
+        return f"mechanism {mechanism!r} does not hold exactly {', '.join(MECHANISM_FIELDS)}"
+    if not all(_number(mechanism[key]) for key in MECHANISM_FIELDS) or type(mechanism["steps"]) is not int:
+        return f"mechanism {mechanism!r}: fields must be finite numbers and steps an integer"
+    try:
+        Mechanism(**mechanism)
+    except (TypeError, ValueError) as err:
+        return f"mechanism is invalid ({err})"
+    if not (_number(entry.get("delta")) and 0 < entry["delta"] < 1):
+        return f"delta {entry.get('delta')!r} is not a number in (0, 1)"
+    if not isinstance(entry.get("accountant"), str):
+        return "accountant is not a string"
+    for key in ("epsilon", "site_epsilon_after"):
+        if entry.get(key) is not None and not _number(entry[key]):
+            return f"{key} {entry[key]!r} is not a number or null"
+    return None
+
+
+def check_anchor(entries: list[dict[str, Any]], seq: int, head: str) -> str | None:
+    """A problem if the ledger no longer holds entry `seq` with the hash `head` a server saw: rolled back or forked."""
+    if type(seq) is not int or seq < 0 or not isinstance(head, str):
+        return f"anchor ({seq!r}, {head!r}) is not an entry number and a hash"
+    if seq >= len(entries):
+        return (f"rolled back: the server saw entry {seq} with hash {head[:12]}…, "
+                f"the ledger has only {len(entries)} entries")
+    entry = next((e for e in entries if type(e.get("seq")) is int and e["seq"] == seq), None)
+    if entry is None:
+        return f"rolled back: entry {seq}, which the server saw with hash {head[:12]}…, is missing from the ledger"
+    if entry.get("hash") != head:
+        return f"forked: entry {seq}'s hash differs from the one the server saw ({head[:12]}…)"
+    return None
+
+
 def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[dict[str, Any]], list[str], str]:
     """Parse a ledger line by line and report every integrity problem with its position
-    (line number and recorded seq): changed, removed, re-ordered or unsigned entries."""
+    (line number and recorded seq): changed, removed, re-ordered, malformed or unsigned entries."""
     problems, entries = [], []
     raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
+    if not raw:
+        problems.append("empty ledger file: no header entry (a ledger is created with its header, so it was cut)")
+    elif not raw.endswith(b"\n"):
         problems.append("last line is incomplete (the file was cut or edited)")
     previous, expected_seq, signed, verified = GENESIS, 0, 0, 0
     for line_no, line in enumerate(raw.splitlines(), start=1):
@@ -104,8 +189,11 @@ def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[di
             problems.append(f"line {line_no}: not a JSON entry")
             continue
         seq = entry.get("seq")
-        if seq != expected_seq:
-            what = "removed" if isinstance(seq, int) and seq > expected_seq else "re-ordered or duplicated"
+        why = malformed(entry, line_no - 1)
+        if why is not None:
+            problems.append(f"line {line_no} (seq {seq!r}): malformed entry: {why}")
+        if type(seq) is not int or seq != expected_seq:
+            what = "removed" if type(seq) is int and seq > expected_seq else "re-ordered or duplicated"
             problems.append(f"line {line_no}: seq {seq}, expected {expected_seq} (entries {what})")
         if entry.get("hash") != _entry_hash(entry):
             problems.append(f"line {line_no} (seq {seq}): changed after it was written (hash mismatch)")
@@ -120,10 +208,14 @@ def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[di
             except (InvalidSignature, ValueError):
                 problems.append(f"line {line_no} (seq {seq}): signature {'missing' if 'signature' not in entry else 'invalid'}")
         previous = entry.get("hash")
-        expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
+        expected_seq = (seq if type(seq) is int else expected_seq) + 1
         entries.append(entry)
     if entries and entries[0].get("kind") != "open":
         problems.append("line 1: not the ledger header")
+    elif entries and public_key is not None and "public_key" in entries[0]:
+        raw_key = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+        if entries[0]["public_key"] != raw_key:
+            problems.append("line 1: the ledger header names another site's public key")
     if public_key is not None:
         status = f"{verified} of {len(entries)} verified"
     else:
@@ -131,21 +223,41 @@ def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[di
     return entries, problems, status
 
 
-def audit_ledger(path: Path, public_key: Ed25519PublicKey | None = None, site: str | None = None) -> SiteAudit:
-    """Integrity, every release's ε, the site's composed ε and its remaining budget."""
+def audit_ledger(path: Path, public_key: Ed25519PublicKey | None = None, site: str | None = None,
+                 anchor: tuple[int, str] | None = None) -> SiteAudit:
+    """Integrity, every release's ε, the site's composed ε and its remaining budget; with `anchor`
+    (a (seq, hash) the server was shown earlier), also that the ledger was not rolled back or forked since."""
     result = SiteAudit(site or path.parent.name, str(path))
     if not path.exists():
         result.problems.append(f"no ledger at {path}")
         return result
     entries, result.problems, result.signatures = read_chain(path, public_key)
-    if not entries or entries[0].get("kind") != "open":
-        return result
+    if anchor is not None:
+        rolled = check_anchor(entries, *anchor)
+        if rolled is not None:
+            result.problems.append(rolled)
+    if not entries or entries[0].get("kind") != "open" or malformed(entries[0], 0) is not None:
+        return result  # no usable header: the problem is already reported
     header = entries[0]
     result.budget_epsilon, result.delta = _inf(header.get("budget_epsilon")), float(header["delta"])
     history: list[Mechanism] = []
-    for entry in entries:
-        if entry.get("kind") != "spend":
+    spent: set[str] = set()
+    released: dict[str, Any] = {}
+    for position, entry in enumerate(entries):
+        if malformed(entry, position) is not None:  # reported by read_chain; nothing in it can be trusted to recompute
+            if entry.get("kind") == "spend" and isinstance(entry.get("run_id"), str):
+                spent.add(entry["run_id"])  # its release is not also "unaccounted"
             continue
+        if entry["kind"] == "release":
+            if entry["run_id"] not in spent:
+                result.problems.append(f"seq {entry['seq']} (run {entry['run_id']}): released with no spend before it")
+            if entry["run_id"] in released:
+                result.problems.append(f"seq {entry['seq']} (run {entry['run_id']}): a second release of one run "
+                                       f"(first at seq {released[entry['run_id']]}): one spend pays for one release")
+            released.setdefault(entry["run_id"], entry["seq"])
+        if entry["kind"] != "spend":
+            continue
+        spent.add(entry["run_id"])
         try:
             mechanism = Mechanism(**entry["mechanism"])
             delta = float(entry["delta"])
@@ -172,33 +284,65 @@ def audit_ledger(path: Path, public_key: Ed25519PublicKey | None = None, site: s
     return result
 
 
-def audit_run_dir(folder: Path) -> tuple[list[SiteAudit], list[str]]:
+_SITE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the server's rule: a site name is never a path
+
+
+def read_anchors(path: Path) -> dict[str, tuple[int, str]]:
+    """The server's ledger anchors (`server/anchors.py`'s file) as site name → (seq, head), read independently."""
+    data = json.loads(path.read_text())
+    out: dict[str, tuple[int, str]] = {}
+    for entry in (data.get("sites") or {}).values():
+        site, seq, head = entry.get("site"), entry.get("seq"), entry.get("head")
+        if isinstance(site, str) and isinstance(seq, int) and not isinstance(seq, bool) and isinstance(head, str):
+            out[site] = (seq, head)
+    return out
+
+
+def audit_run_dir(folder: Path, anchors_file: Path | None = None) -> tuple[list[SiteAudit], list[str]]:
     """A server output folder: every accepted upload's claim, plus the sites' ledgers where they
-    are on this machine (simulation: the run's `sites-dir`), verified with the registered keys."""
+    are on this machine (simulation: the run's `sites-dir`), verified with the registered keys and
+    held against the server's ledger anchors (the run's `anchors-file`, or `anchors_file`)."""
     from common.signing import load_public_key
 
     report_path = folder / "privacy_report.json"
     if not report_path.exists():
         raise FileNotFoundError(f"{folder} holds no privacy_report.json: not a fedsynth server output folder")
     report = json.loads(report_path.read_text())
-    config = report.get("config", {})
+    config = report.get("config", {}) if isinstance(report, dict) else {}
     keys_dir = Path(str(config.get("keys-dir", folder / "keys")))
     sites_dir = Path(str(config["sites-dir"])) if config.get("sites-dir") else None
+    anchors_path = anchors_file or (Path(str(config["anchors-file"])) if config.get("anchors-file") else None)
     audits, problems = [], []
-    for row in report.get("sites", []):
-        if not row.get("accepted"):
+    anchors: dict[str, tuple[int, str]] = {}
+    if anchors_path is not None and anchors_path.exists():
+        try:
+            anchors = read_anchors(anchors_path)
+        except (OSError, ValueError, AttributeError) as err:
+            problems.append(f"{anchors_path}: ledger anchors unreadable ({type(err).__name__})")
+    for row in report.get("sites", []) if isinstance(report, dict) else []:
+        if not isinstance(row, dict) or row.get("accepted") is not True:
             continue
-        name = str(row["site"])
+        name = row.get("site")
+        if not isinstance(name, str) or not _SITE_NAME.fullmatch(name):
+            problems.append(f"{report_path}: an accepted row names no valid site ({str(name)[:40]!r})")
+            continue
         key_path = keys_dir / f"{name}.pub"
         ledger = sites_dir / name / "ledger.jsonl" if sites_dir else None
         if ledger is not None and ledger.exists():
-            audit = audit_ledger(ledger, load_public_key(key_path) if key_path.exists() else None, name)
+            audit = audit_ledger(ledger, load_public_key(key_path) if key_path.exists() else None, name,
+                                 anchor=anchors.get(name))
         else:
             audit = SiteAudit(name, f"{report_path} (upload claim; ledger not on this machine)")
-        mechanism = Mechanism(float(row["noise_multiplier"]), float(row["sample_rate"]), int(row["steps"]),
-                              float(row.get("clip_norm", 1.0)))
-        upload = ReleaseCheck(None, "upload", None, mechanism.to_dict(), float(row["delta"]), row.get("accountant"),
-                              _inf(row.get("epsilon")), recompute([mechanism], float(row["delta"])))
+        try:
+            mechanism = Mechanism(float(row["noise_multiplier"]), float(row["sample_rate"]), int(row["releases"]),
+                                  float(row["clip_norm"]))
+            delta = float(row["delta"])
+            upload = ReleaseCheck(None, "upload", None, mechanism.to_dict(), delta, row.get("accountant"),
+                                  _inf(row.get("epsilon")), recompute([mechanism], delta))
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            audit.problems.append(f"upload row unreadable ({type(err).__name__}: {str(err)[:80]})")
+            audits.append(audit)
+            continue
         upload.holds = _holds(upload.claimed_epsilon, upload.recomputed["pld"])
         if not upload.holds:
             audit.problems.append(f"upload claim ε={upload.claimed_epsilon:.6g} is below PLD ε={upload.recomputed['pld']:.6g}")

@@ -1,7 +1,7 @@
 """The site's engine settings come from the server's request, key by key, with defaults for the rest."""
 
 from client.client_app import distill_config, site_seed
-from client.engine import DistillConfig
+from client.config import app_defaults
 
 REQUEST = {"ipc": 10, "epsilon": 1.0, "delta": 1e-5, "steps": 20}
 
@@ -15,9 +15,8 @@ def test_request_keys_reach_the_engine():
     assert config.seed == site_seed(4, "site-1") and not config.every_class_populated
 
 
-def test_missing_keys_take_the_engine_defaults_but_release_every_parameter():
-    """A server that sends no `release-layers` predates the key: its sites released every parameter."""
+def test_missing_keys_take_the_apps_defaults():
     config = distill_config(REQUEST, "site-1")
-    d = DistillConfig()
-    assert (config.replay_epochs, config.inner_steps) == (d.replay_epochs, d.inner_steps)
-    assert config.release_layers == 0
+    defaults = app_defaults()
+    assert (config.replay_epochs, config.inner_steps, config.release_layers) == (
+        defaults["replay-epochs"], defaults["inner-steps"], defaults["release-layers"])

@@ -33,7 +33,7 @@ def test_sampling_rate_is_the_accounted_one(tiny_mnist, tmp_path, monkeypatch):
 
     monkeypatch.setattr(NoisyClassGradients, "__call__", spy)
     result = _run(tiny_mnist, tmp_path, iterations=20, inner_steps=1, ipc=1)
-    q = result.synthetic.claim["sample_rate"]
+    q = result.synthetic.claim.sample_rate
     assert q == pytest.approx(6.0 * 10 / len(tiny_mnist))
     assert len(sizes) == 20 * 10  # one release per class per step
     n_per_class, draws = 30, len(sizes)
@@ -46,21 +46,21 @@ def test_sampling_rate_is_the_accounted_one(tiny_mnist, tmp_path, monkeypatch):
 def test_claimed_epsilon_is_opacus_epsilon_and_below_target(tiny_mnist, tmp_path):
     result = _run(tiny_mnist, tmp_path, epsilon=3.0, accountant="rdp")
     claim = result.synthetic.claim
-    assert claim["steps"] == TINY["iterations"] * TINY["inner_steps"]
+    assert claim.releases == TINY["iterations"] * TINY["inner_steps"]
     acc = RDPAccountant()
-    for _ in range(claim["steps"]):
-        acc.step(noise_multiplier=claim["noise_multiplier"], sample_rate=claim["sample_rate"])
-    assert claim["epsilon"] == pytest.approx(acc.get_epsilon(claim["delta"]), rel=1e-9)
-    assert claim["epsilon"] <= 3.0
-    assert claim["clip_norm"] == DistillConfig().clip_norm
+    for _ in range(claim.releases):
+        acc.step(noise_multiplier=claim.noise_multiplier, sample_rate=claim.sample_rate)
+    assert claim.epsilon == pytest.approx(acc.get_epsilon(claim.delta), rel=1e-9)
+    assert claim.epsilon <= 3.0
+    assert claim.clip_norm == DistillConfig().clip_norm
 
 
 def test_noise_multiplier_given_directly(tiny_mnist, tmp_path):
     result = _run(tiny_mnist, tmp_path, noise_multiplier=2.0)
     claim = result.synthetic.claim
-    assert claim["noise_multiplier"] == 2.0
+    assert claim.noise_multiplier == 2.0
     mech = plan(tiny_mnist, DistillConfig(**{**TINY, "noise_multiplier": 2.0})).mechanism
-    assert claim["epsilon"] == pytest.approx(epsilon_of_history([mech], 1e-5))
+    assert claim.epsilon == pytest.approx(epsilon_of_history([mech], 1e-5))
 
 
 @pytest.mark.parametrize("post_processing", [{"image_steps": 3}, {"replay_epochs": 2}])
@@ -75,8 +75,8 @@ def test_post_processing_moves_the_set_without_releasing_or_spending_more(tiny_m
     made = len(releases)
     more = _run(tiny_mnist, tmp_path, "more", noise_multiplier=1.0, **post_processing)
     assert len(releases) - made == made == TINY["iterations"] * TINY["inner_steps"] * 10
-    assert more.synthetic.claim["steps"] == plain.synthetic.claim["steps"]
-    assert more.synthetic.claim["epsilon"] == plain.synthetic.claim["epsilon"]
+    assert more.synthetic.claim.releases == plain.synthetic.claim.releases
+    assert more.synthetic.claim.epsilon == plain.synthetic.claim.epsilon
     assert not torch.equal(more.synthetic.images, plain.synthetic.images)  # the extra updates did move S
     assert not list((tmp_path / "more").glob(".fedsynth-checkpoint*"))  # kept releases went with the checkpoint
 
@@ -103,7 +103,7 @@ def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path
 
     synthetic = _run(tiny_mnist, tmp_path, noise_multiplier=1.0).synthetic
     assert on_8bit_grid(synthetic.images) and len(torch.unique(synthetic.images)) > 2
-    assert synthetic.claim["sha256"] == content_hash(synthetic.images, synthetic.labels)
+    assert synthetic.claim.sha256 == content_hash(synthetic.images, synthetic.labels)
 
 
 def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
@@ -126,7 +126,7 @@ def test_real_data_reaches_the_set_only_through_the_noised_gradient(tiny_mnist, 
     blind_a = _run(tiny_mnist, tmp_path, "ba", noise_multiplier=1.0, **post_processing).synthetic
     blind_b = _run(other, tmp_path, "bb", noise_multiplier=1.0, **post_processing).synthetic
     assert torch.equal(blind_a.images, blind_b.images)
-    assert blind_a.claim["class_signal"] == blind_b.claim["class_signal"]  # the claim's statistic too
+    assert blind_a.claim.class_signal == blind_b.claim.class_signal  # the claim's statistic too
 
 
 def test_budget_stop_refuses_before_anything_is_written(tiny_mnist, tmp_path):
@@ -169,7 +169,7 @@ def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_p
     straight = distill(tiny_mnist, config, ledger, tmp_path / "straight", device="cpu", secret_seed=7, progress=False)
     assert torch.allclose(resumed.synthetic.images, straight.synthetic.images, atol=1e-6)
     # the releases before the crash still count in the class signal
-    assert resumed.synthetic.claim["class_signal"] == pytest.approx(straight.synthetic.claim["class_signal"], rel=1e-6)
+    assert resumed.synthetic.claim.class_signal == pytest.approx(straight.synthetic.claim.class_signal, rel=1e-6)
 
 
 def test_resume_with_other_settings_is_refused(tiny_mnist, tmp_path):
@@ -194,16 +194,28 @@ def test_corrupt_ledger_stops_the_engine(tiny_mnist, tmp_path):
     "overrides,error,match",
     [
         (dict(ipc=31), DataError, "larger than the number of records"),
-        (dict(epsilon=0.0), ValueError, "epsilon"),
-        (dict(epsilon=-1.0), ValueError, "epsilon"),
+        (dict(epsilon=0.0), EngineError, "epsilon"),
+        (dict(epsilon=-1.0), EngineError, "epsilon"),
         (dict(delta=0.01), ValueError, "below 1/n"),
-        (dict(delta=1.5), ValueError, "delta"),
+        (dict(delta=1.5), EngineError, "delta"),
         (dict(norm="batchnorm"), ModelNotPrivateError, "BatchNorm"),
-        (dict(replay_epochs=2, replay_lr_end=0.0), ValueError, "replay-lr-end"),
-        (dict(replay_epochs=-1), ValueError, "replay epochs"),
-        (dict(release_layers=-1), ValueError, "release layers"),
-        (dict(match_per="pixel"), ValueError, "match_per"),
-        (dict(release_layers=4), ValueError, "only 3 weight layers"),
+        (dict(replay_epochs=2, replay_lr_end=0.0), EngineError, "replay_lr_end"),
+        (dict(replay_epochs=-1), EngineError, "replay_epochs"),
+        (dict(release_layers=-1), EngineError, "release_layers"),
+        (dict(match_per="pixel"), EngineError, "match_per"),
+        (dict(release_layers=4), EngineError, "only 3 weight layers"),
+        (dict(clip_norm=math.nan), EngineError, "clip_norm"),
+        (dict(clip_norm=math.inf), EngineError, "clip_norm"),
+        (dict(lr_images=math.nan), EngineError, "lr_images"),
+        (dict(sample_rate=0.0), EngineError, "sample_rate"),
+        (dict(sample_rate=math.nan), EngineError, "sample_rate"),
+        (dict(sample_rate=2.0), EngineError, "sample_rate"),
+        (dict(batch_per_class=-5.0), EngineError, "batch_per_class"),
+        (dict(epsilon=math.nan), EngineError, "epsilon"),
+        (dict(iterations=10**7), EngineError, "iterations"),
+        (dict(iterations=50_000, inner_steps=100), EngineError, "no run of that length finishes"),
+        (dict(ipc=True), EngineError, "ipc must be a number"),
+        (dict(depth=9), EngineError, "cannot run on 1×28×28 images"),
     ],
 )
 def test_bad_input_is_refused_before_budget_is_spent(tiny_mnist, tmp_path, overrides, error, match):
@@ -222,8 +234,9 @@ def test_class_with_no_records_is_refused(tiny_mnist, tmp_path):
 
 def test_no_noise_run_is_unbounded_and_needs_an_unbounded_budget(tiny_mnist, tmp_path):
     result = _run(tiny_mnist, tmp_path, epsilon=math.inf)
-    assert result.synthetic.claim["epsilon"] is None and result.synthetic.claim["noise_multiplier"] == 0.0
-    json.dumps(result.synthetic.claim, allow_nan=False)  # strict JSON, as it is signed and sent (∞ is null)
+    claim = result.synthetic.claim
+    assert math.isinf(claim.epsilon) and claim.noise_multiplier == 0.0
+    assert json.loads(claim.to_json())["epsilon"] is None  # strict JSON, as it is signed and sent (∞ is null)
     with pytest.raises(BudgetExceededError):
         _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10), epsilon=math.inf)
 
@@ -256,8 +269,8 @@ def test_class_signal_is_the_norm_of_each_class_clipped_sum_without_noise(tiny_m
     monkeypatch.setattr(NoisyClassGradients, "__call__", spy)
     claim = _run(tiny_mnist.subset(keep), tmp_path, every_class_populated=False, noise_multiplier=0.0,
                  release_layers=release_layers).synthetic.claim
-    signal = claim["class_signal"]
-    assert [claim["release_dimension"]] == list(dimensions)  # the numbers in each release, d of σ·√d
+    signal = claim.class_signal
+    assert [claim.release_dimension] == list(dimensions)  # the numbers in each release, d of σ·√d
     assert signal == pytest.approx([math.sqrt(sum(v) / len(v)) for v in squares.values()], rel=1e-4, abs=1e-6)
     assert signal[4] == 0.0 and signal[5] <= 1.0 + 1e-6  # no records; one record clipped to C = 1
     assert min(s for c, s in enumerate(signal) if c not in (4, 5)) > 1.0  # several records per release
@@ -283,7 +296,7 @@ def test_class_signal_removes_the_noise_energy():
 def test_any_integer_seed_runs(tiny_mnist, tmp_path, seed):
     """A large or negative public seed must not crash the run after its budget was recorded."""
     result = _run(tiny_mnist, tmp_path, noise_multiplier=1.0, seed=seed)
-    assert result.synthetic.claim["seed"] == seed
+    assert result.synthetic.claim.seed == seed
 
 
 def test_classes_sharing_one_pass_distil_the_same_set(tiny_mnist, tmp_path):
@@ -303,3 +316,38 @@ def test_partial_release_carries_the_last_weight_layers_only(layers, expected):
     net = ConvNet(1, 10, 28, width=8, depth=2)
     names = released_names(net, layers)
     assert names == (expected or [n for n, _ in net.named_parameters()])
+
+
+def test_an_output_folder_in_use_by_another_run_is_refused_before_any_spend(tiny_mnist, tmp_path):
+    from client.run_folder import RunFolder
+
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    before = ledger.path.read_bytes()
+    with RunFolder(tmp_path / "out"):
+        with pytest.raises(EngineError, match="in use by another fedsynth run"):
+            _run(tiny_mnist, tmp_path, ledger=ledger)
+    assert ledger.path.read_bytes() == before
+
+
+def test_an_unwritable_output_or_a_missing_device_is_refused_before_any_spend(tiny_mnist, tmp_path):
+    from common.runtime import DeviceError
+
+    ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
+    before = ledger.path.read_bytes()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(EngineError, match="cannot create or write"):
+        distill(tiny_mnist, DistillConfig(**TINY), ledger, tmp_path / "file" / "out", device="cpu", progress=False)
+    with pytest.raises(EngineError, match="cannot run"):
+        distill(tiny_mnist, DistillConfig(**TINY), ledger, tmp_path / "o", device="cuda:7", progress=False)
+    with pytest.raises(DeviceError, match="not a torch device"):
+        distill(tiny_mnist, DistillConfig(**TINY), ledger, tmp_path / "o", device="gpu please", progress=False)
+    assert ledger.path.read_bytes() == before and not (tmp_path / "o").exists()
+
+
+def test_a_second_release_of_a_run_is_refused(tiny_mnist, tmp_path):
+    from common.ledger import LedgerError
+
+    result = _run(tiny_mnist, tmp_path, noise_multiplier=1.0)
+    ledger = Ledger.open(tmp_path / "ledger.jsonl")
+    with pytest.raises(LedgerError, match="already released"):
+        ledger.record_release(result.run_id, result.synthetic.claim.sha256)

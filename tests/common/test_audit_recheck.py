@@ -6,8 +6,8 @@ import math
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit.recheck import _entry_hash, audit_ledger, audit_run_dir
-from common.cli import main
+from common.audit.recheck import _entry_hash, audit_ledger, audit_run_dir, check_anchor
+from client.cli import main
 from common.ledger import Ledger
 from common.privacy.accounting import Mechanism, epsilon_of_history
 from common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
@@ -142,9 +142,9 @@ def test_run_dir_audit_checks_uploads_and_local_ledgers(tmp_path):
     _signed_ledger(sites_dir / "site-0" / "ledger.jsonl", M1)
     eps = epsilon_of_history([M2], 1e-5, "rdp")
     rows = [{"site": "site-0", "accepted": True, "epsilon": epsilon_of_history([M1], 1e-5), "delta": 1e-5,
-             "noise_multiplier": 1.2, "sample_rate": 0.05, "steps": 200, "clip_norm": 1.0, "accountant": "rdp"},
+             "noise_multiplier": 1.2, "sample_rate": 0.05, "releases": 200, "clip_norm": 1.0, "accountant": "rdp"},
             {"site": "site-1", "accepted": True, "epsilon": eps / 3, "delta": 1e-5,  # understated upload claim
-             "noise_multiplier": 2.0, "sample_rate": 0.1, "steps": 100, "clip_norm": 1.0, "accountant": "rdp"},
+             "noise_multiplier": 2.0, "sample_rate": 0.1, "releases": 100, "clip_norm": 1.0, "accountant": "rdp"},
             {"site": "site-2", "accepted": False, "reason": "signature"}]
     run = tmp_path / "run"
     run.mkdir()
@@ -155,3 +155,151 @@ def test_run_dir_audit_checks_uploads_and_local_ledgers(tmp_path):
     assert set(by_site) == {"site-0", "site-1"} and not problems
     assert by_site["site-0"].ok and by_site["site-0"].releases[0].run_id == "run-0"  # from its ledger
     assert not by_site["site-1"].ok and "upload claim" in by_site["site-1"].problems[0]
+
+
+# ---- headers, schema, one release per run, anchors -------------------------------------------
+TINY = Mechanism(1.0, 0.01, 10, 1.0)
+
+
+def _tiny_ledger(path, runs=("a", "b")):
+    ledger = Ledger.open(path, budget_epsilon=10.0, signer=KEY)
+    for run in runs:
+        ledger.spend(run, TINY, 1e-5, "rdp", {"epsilon": epsilon_of_history([TINY], 1e-5, "rdp")})
+        ledger.record_release(run, "e" * 64)
+    return ledger
+
+
+def test_empty_ledger_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"")
+    audit = audit_ledger(path, KEY.public_key())
+    assert not audit.ok and any("empty ledger" in p for p in audit.problems)
+    assert not audit_ledger(path).ok
+
+
+def test_ledger_without_header_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=("a",))
+    headless = lambda entries: [{**e, "seq": i} for i, e in enumerate(entries[1:])]  # noqa: E731
+    _rewrite(path, headless, key=KEY)  # re-signed, but no header
+    problems = audit_ledger(path, KEY.public_key()).problems
+    assert any("not the ledger header" in p for p in problems), problems
+
+
+def test_rechained_without_the_key_fails_with_the_public_key(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path)
+
+    def forget_spends(entries):  # drop the spends (and their releases), renumber, raise the budget
+        kept = [e for e in entries if e["kind"] == "open"]
+        kept[0]["budget_epsilon"] = 1000.0
+        return kept
+
+    _rewrite(path, forget_spends)
+    assert audit_ledger(path).ok  # without the key the rebuilt ledger is self-consistent
+    audit = audit_ledger(path, KEY.public_key())
+    assert not audit.ok and any("line 1 (seq 0): signature missing" in p for p in audit.problems), audit.problems
+
+
+def test_unsigned_entry_appended_without_the_key_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=("a",))
+    last = json.loads(path.read_text().splitlines()[-1])
+    forged = {"seq": last["seq"] + 1, "prev": last["hash"], "kind": "release", "run_id": "a", "sha256": "d" * 64}
+    forged["hash"] = _entry_hash(forged)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(forged, sort_keys=True) + "\n")
+    problems = audit_ledger(path, KEY.public_key()).problems
+    assert any("(seq 3): signature missing" in p for p in problems), problems
+
+
+def test_header_naming_another_key_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=())
+    other = Ed25519PrivateKey.generate()
+    _rewrite(path, lambda entries: entries, key=other)  # re-signed by another key, header still names the site's
+    problems = audit_ledger(path, other.public_key()).problems
+    assert problems == ["line 1: the ledger header names another site's public key"]
+
+
+def _no_kind(entries):
+    del entries[1]["kind"]
+    return entries
+
+
+def _fractional_steps(entries):
+    entries[1]["mechanism"]["steps"] = 1.9
+    return entries
+
+
+def _bool_seq(entries):
+    entries[1]["seq"] = True  # True == 1: a plain equality check with the expected seq lets it through
+    return entries
+
+
+def _missing_mechanism_field(entries):
+    del entries[1]["mechanism"]["clip_norm"]
+    return entries
+
+
+def _string_epsilon(entries):
+    entries[1]["epsilon"] = "0.1"
+    return entries
+
+
+def _header_without_delta(entries):
+    del entries[0]["delta"]
+    return entries
+
+
+@pytest.mark.parametrize("damage", [_no_kind, _fractional_steps, _bool_seq, _missing_mechanism_field, _string_epsilon,
+                                    _header_without_delta])
+def test_schema_broken_entry_fails_and_never_crashes(tmp_path, damage):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=("a",))
+    _rewrite(path, damage, key=KEY)  # signed by the site's key: only the schema is wrong
+    line = 1 if damage is _header_without_delta else 2
+    for key in (KEY.public_key(), None):
+        problems = audit_ledger(path, key).problems
+        assert any(p.startswith(f"line {line} ") and "malformed entry" in p for p in problems), problems
+
+
+def test_second_release_of_a_run_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=("a",))
+    _rewrite(path, lambda entries: entries + [{**entries[-1], "seq": 3, "sha256": "d" * 64}], key=KEY)
+    problems = audit_ledger(path, KEY.public_key()).problems
+    assert any("seq 3 (run a): a second release" in p for p in problems), problems
+
+
+def test_release_without_a_spend_fails(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _tiny_ledger(path, runs=())
+    orphan = {"seq": 1, "kind": "release", "run_id": "x", "sha256": "d" * 64}
+    _rewrite(path, lambda entries: entries + [orphan], key=KEY)
+    problems = audit_ledger(path, KEY.public_key()).problems
+    assert any("released with no spend" in p for p in problems), problems
+
+
+def test_truncation_at_a_line_boundary_is_caught_by_the_anchor(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    anchor = _tiny_ledger(path).head()  # (4, hash): what the server saw with the last upload
+    assert check_anchor(Ledger(path).entries(), *anchor) is None
+    assert audit_ledger(path, KEY.public_key(), anchor=anchor).ok
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))  # the second run's spend and release cut off: every line still verifies
+    assert audit_ledger(path, KEY.public_key()).ok
+    audit = audit_ledger(path, KEY.public_key(), anchor=anchor)
+    assert audit.problems == [f"rolled back: the server saw entry 4 with hash {anchor[1][:12]}…, "
+                              "the ledger has only 3 entries"]
+
+
+def test_fork_after_the_anchor_is_caught(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ledger = _tiny_ledger(path, runs=("a",))
+    anchor = ledger.head()
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # cut the release...
+    ledger.record_release("a", "d" * 64)  # ...and write another one, signed by the site itself
+    audit = audit_ledger(path, KEY.public_key(), anchor=anchor)
+    assert audit.problems == ["forked: entry 2's hash differs from the one the server saw "
+                              f"({anchor[1][:12]}…)"]

@@ -1,4 +1,6 @@
 import gzip
+import os
+import random
 import shutil
 
 import pytest
@@ -106,3 +108,92 @@ def test_missing_folder_and_bad_choice(tmp_path):
         load_image_folder(tmp_path / "nope")
     with pytest.raises(DataError, match="exactly one"):
         load_dataset("mnist5k", tmp_path)
+
+
+# ---- hostile files in an image folder --------------------------------------------------------
+@pytest.mark.timeout(20)
+def test_image_folder_skips_a_fifo_named_like_an_image(tmp_path, tiny_mnist, capsys):
+    """Opening a FIFO for reading blocks until a writer comes: the loader used to hang forever."""
+    _write_folder(tmp_path, tiny_mnist)
+    os.mkfifo(tmp_path / "class_1" / "x.png")
+    ds = load_image_folder(tmp_path)
+    assert ds.class_counts() == [4, 4, 4]
+    err = capsys.readouterr().err
+    assert "skipped 1 " in err and "x.png" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(20)
+def test_image_opener_refuses_a_fifo_swapped_in_after_the_check(tmp_path):
+    """The path may turn into a FIFO between the lstat and the open: the open must not block, and the
+    fstat on the open handle must refuse it."""
+    os.mkfifo(tmp_path / "swapped.png")
+    with pytest.raises(DataError, match="swapped.png: not a regular file"):
+        data._open_image(str(tmp_path / "swapped.png"))
+
+
+@pytest.mark.timeout(20)
+def test_image_folder_follows_links_to_files_only(tmp_path, tiny_mnist, capsys):
+    _write_folder(tmp_path, tiny_mnist)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "class_0" / "to_fifo.png").symlink_to(tmp_path / "fifo")
+    (tmp_path / "class_0" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "class_0" / "to_file.png").symlink_to(tmp_path / "class_1" / "0.png")
+    ds = load_image_folder(tmp_path)
+    assert ds.class_counts() == [5, 4, 4]  # the link to a regular file is read, the other two are skipped
+    assert "skipped 2 " in capsys.readouterr().err
+
+
+def test_image_folder_skips_a_directory_named_like_an_image(tmp_path, tiny_mnist, capsys):
+    _write_folder(tmp_path, tiny_mnist)
+    (tmp_path / "class_2" / "a.png").mkdir()
+    assert load_image_folder(tmp_path).class_counts() == [4, 4, 4]
+    assert capsys.readouterr().err == ""  # nothing was skipped that looked like an image file
+
+
+@pytest.mark.timeout(20)
+def test_image_folder_class_with_only_a_fifo_has_no_records(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist, classes=(0, 1))
+    (tmp_path / "class_9").mkdir()
+    os.mkfifo(tmp_path / "class_9" / "only.png")
+    assert load_image_folder(tmp_path).class_counts() == [4, 4, 0]  # the engine refuses it by name
+
+
+# 64 x 64 = 4096 pixels: over twice the limit (PIL's error), or just over it (PIL's warning, an error here too)
+@pytest.mark.parametrize("limit", [1000, 3000])
+def test_image_folder_refuses_a_decompression_bomb_by_name(tmp_path, tiny_mnist, monkeypatch, limit):
+    _write_folder(tmp_path, tiny_mnist)
+    Image.new("L", (64, 64)).save(tmp_path / "class_0" / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # 28 x 28 = 784 stays under it
+    with pytest.raises(DataError) as err:
+        load_image_folder(tmp_path)
+    message = str(err.value)
+    assert message == f"{tmp_path / 'class_0' / 'bomb.png'}: image too large to decode safely (decompression bomb)"
+
+
+def test_image_folder_refuses_random_bytes_by_name_in_one_line(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist)
+    (tmp_path / "class_1" / "noise.png").write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(DataError, match="not a readable image") as err:
+        load_image_folder(tmp_path)
+    assert str(err.value).startswith(str(tmp_path / "class_1" / "noise.png")) and "\n" not in str(err.value)
+
+
+def test_image_folder_refuses_a_format_the_extension_does_not_call_for(tmp_path, tiny_mnist):
+    """PIL would try every plugin it has (EPS hands the file to Ghostscript); only the named formats are decoded."""
+    _write_folder(tmp_path, tiny_mnist)
+    Image.new("L", (28, 28)).save(tmp_path / "class_1" / "really.png", format="GIF")
+    with pytest.raises(DataError, match="really.png: not a readable image"):
+        load_image_folder(tmp_path)
+
+
+def test_image_folder_ignores_hidden_files_and_folders(tmp_path, tiny_mnist):
+    _write_folder(tmp_path, tiny_mnist, classes=(0, 1))
+    (tmp_path / "class_0" / ".broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "class_0" / ".cache").mkdir()
+    (tmp_path / "class_0" / ".cache" / "junk.png").write_bytes(b"junk")
+    _write_folder(tmp_path / ".ipynb_checkpoints", tiny_mnist, classes=(2,))
+    ds = load_image_folder(tmp_path)
+    assert ds.classes == ["class_0", "class_1"] and ds.class_counts() == [4, 4]
+    shutil.rmtree(tmp_path / "class_1")
+    with pytest.raises(DataError, match="found 1 class folder"):  # the hidden folder does not count as a class
+        load_image_folder(tmp_path)

@@ -7,7 +7,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.cli import main
+from client.cli import main
 from common.signing import load_private_key, load_public_key
 
 

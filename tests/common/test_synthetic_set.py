@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.synthetic_set import SET_FILE, load_synthetic_set
+from common.synthetic_set import SET_FILE, SetError, load_synthetic_set
 
 
 def _write(path, **tensors):
@@ -20,7 +20,7 @@ def test_a_sites_set_has_no_weights(tmp_path):
     images, labels = _set()
     synthetic = load_synthetic_set(_write(tmp_path / SET_FILE, images=images, labels=labels).parent)
     assert torch.equal(synthetic.images, images) and torch.equal(synthetic.labels, labels)
-    assert synthetic.weights is None and synthetic.claim == {}
+    assert synthetic.weights is None and synthetic.claim is None
 
 
 def test_a_pool_file_keeps_its_weights(tmp_path):
@@ -46,5 +46,5 @@ def test_a_malformed_file_is_refused_naming_it(tmp_path, tensors, reason):
 
 
 def test_a_missing_set_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no synthetic set"):
+    with pytest.raises(SetError, match="no synthetic set"):
         load_synthetic_set(tmp_path)

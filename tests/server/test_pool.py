@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from helpers import grid_set, make_claim
 
-from server.pool import choose_weighting, median_run_snr, pool_weights, release_noise, signal_problem
+from server.pool import choose_weighting, median_run_snr, pool_weights, release_noise
 
 LABELS = [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])]
 
@@ -40,8 +41,8 @@ def test_matched_falls_back_to_uniform_without_every_sites_release_noise():
 
 
 def test_release_noise_is_sigma_times_root_dimension():
-    assert release_noise({"noise_multiplier": 2.0, "release_dimension": 25}) == pytest.approx(10.0)
-    assert release_noise({"noise_multiplier": 2.0}) is None
+    images, labels = grid_set()
+    assert release_noise(make_claim(images, labels, sigma=2.0, release_dimension=25)) == pytest.approx(10.0)
 
 
 def test_median_run_snr_is_releases_times_signal_energy_over_noise_energy():
@@ -90,14 +91,3 @@ def test_uniform_when_asked_or_when_a_site_sent_no_signal(signals, weighting):
 def test_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="unknown pool weighting"):
         pool_weights(LABELS, [[1.0, 1.0]] * 2, num_classes=2, weighting="count")
-
-
-@pytest.mark.parametrize("claim,problem", [({}, None), ({"class_signal": [0, 2.5]}, None),
-                                           ({"class_signal": [1.0]}, "schema"), ({"class_signal": [1.0, float("nan")]}, "values"),
-                                           ({"class_signal": {"0": 1.0, "1": 1.0}}, "schema"),
-                                           ({"class_signal": [1.0, 1.0], "release_dimension": 100}, None),
-                                           ({"class_signal": [1.0, 1.0], "release_dimension": 0}, "values"),
-                                           ({"release_dimension": 2.5}, "values"), ({"release_dimension": True}, "values")])
-def test_signal_problems_are_named(claim, problem):
-    found = signal_problem(claim, num_classes=2)
-    assert (found is None) if problem is None else found.startswith(problem)

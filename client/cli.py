@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from common.data import DATASETS, DataError, fedsynth_home
-from common.ledger import LedgerError
-from common.models import NORMS, ModelNotPrivateError
+from safetensors import SafetensorError
+
+from client.config import add_arguments, check_settings, epsilon_value, from_arguments
+from common.data import DATASETS, DataError
+from common.errors import FedsynthError, one_line
+from common.runtime import fedsynth_home
 
 
-def _epsilon(text: str) -> float:
-    value = float(text)
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError("epsilon must be a number or 'inf'")
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`fedsynth distill: error: …`, exit 2); `--help` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message, 1000)} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -29,41 +42,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
 
 
 def _distill_parser(sub: argparse._SubParsersAction) -> None:
-    from client.engine import DistillConfig
-
-    d = DistillConfig()
     p = sub.add_parser("distill", help="distil a site's records into a DP synthetic set")
     _add_data_arguments(p, required=True)
-    p.add_argument("--ipc", type=int, default=d.ipc, help="synthetic images per class")
-    p.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="target ε ('inf' = no noise, for research)")
-    p.add_argument("--delta", type=float, default=d.delta, help="target δ (below 1/n)")
-    p.add_argument("--noise-multiplier", type=float, help="give σ directly instead of calibrating to --epsilon")
-    p.add_argument("--accountant", choices=("rdp", "prv"), default=d.accountant)
-    p.add_argument("--steps", type=int, default=d.iterations, help="outer iterations T (fresh network each)")
-    p.add_argument("--inner-steps", type=int, default=d.inner_steps, help="noisy releases K per outer iteration")
-    p.add_argument("--net-steps", type=int, default=d.net_steps, help="network updates on S between releases")
-    p.add_argument("--image-steps", type=int, default=d.image_steps,
-                   help="updates of S against each release (free post-processing)")
-    p.add_argument("--replay-epochs", type=int, default=d.replay_epochs,
-                   help="passes over every release after the run, matching it again (free post-processing)")
-    p.add_argument("--replay-lr-end", type=float, default=d.replay_lr_end,
-                   help="image learning rate at the end of the replay passes, a fraction of --lr-images (linear decay)")
-    p.add_argument("--batch-per-class", type=float, default=d.batch_per_class, help="expected records per class per release")
-    p.add_argument("--sample-rate", type=float, help="Poisson rate q (overrides --batch-per-class)")
-    p.add_argument("--clip-norm", type=float, default=d.clip_norm)
-    p.add_argument("--release-layers", type=int, default=d.release_layers,
-                   help="release and match only the last N weight layers' gradients (0: every parameter)")
-    p.add_argument("--match-per", choices=("unit", "layer"), default=d.match_per,
-                   help="gradient-matching cosine per output unit (DC's) or per whole layer")
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--depth", type=int, default=d.depth)
-    p.add_argument("--norm", choices=NORMS, default=d.norm)
-    p.add_argument("--lr-images", type=float, default=d.lr_images)
-    p.add_argument("--no-augment", action="store_true", help="switch differentiable augmentation off")
-    p.add_argument("--seed", type=int, default=d.seed, help="public seed: initial images, network draws, augmentation")
-    p.add_argument("--limit", type=int, help="use a random N records (seeded by --seed), for quick trials")
+    add_arguments(p)
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="switch differentiable augmentation off")
+    p.add_argument("--limit", type=_positive_int, help="use a random N records (seeded by --seed), for quick trials")
     p.add_argument("--ledger", type=Path, help="site ledger (default $FEDSYNTH_HOME/ledger.jsonl)")
-    p.add_argument("--site-budget", type=_epsilon, help="total ε of a new ledger (default 10; 'inf' for research)")
+    p.add_argument("--site-budget", type=epsilon_value, help="total ε of a new ledger (default 10; 'inf' for research)")
     p.add_argument("--signing-key", type=Path, help="site's Ed25519 key (from `fedsynth keys`): signs each ledger entry")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -122,7 +108,7 @@ def _deploy_parser(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--data-dir", type=Path, required=True, help="the site's ImageFolder tree (never leaves the site)")
     node.add_argument("--home", type=Path, help="work folder (ledger, checkpoints); default $FEDSYNTH_HOME/sites/SITE")
     node.add_argument("--ledger", type=Path, help="privacy ledger (default HOME/ledger.jsonl)")
-    node.add_argument("--site-budget", type=_epsilon, help="total ε a new ledger allows (default 10)")
+    node.add_argument("--site-budget", type=epsilon_value, help="total ε a new ledger allows (default 10)")
     node.add_argument("--port", type=int, default=9094, help="local-only port for the ClientApp runtime")
     node.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     for parser in (link, node):
@@ -133,12 +119,12 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="re-check every ε claim independently; or measure an empirical lower bound on ε")
     p.add_argument("path", type=Path, nargs="?", help="a site's ledger file or a server output folder")
     p.add_argument("--public-key", type=Path, help="the site's Ed25519 public key: verify the ledger's signatures")
+    p.add_argument("--anchors", type=Path, help="the server's ledger-anchors.json: the ledger must still hold the "
+                   "last entry the server accepted from this site (catches a ledger rolled back)")
+    p.add_argument("--site", help="the site's name in --anchors (default: the ledger's folder name)")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--report", type=Path, default=Path("audit-report"),
                    help="folder for audit.md, audit.json and epsilon_over_time.png (default ./audit-report)")
-    from client.engine import DistillConfig
-
-    d = DistillConfig()
     e = p.add_argument_group("--empirical: canary audit of the distillation pipeline (Steinke, Nasr, Jagielski 2023)")
     e.add_argument("--empirical", action="store_true", help="measure an empirical lower bound on ε instead")
     _add_data_arguments(e, required=False)
@@ -146,20 +132,14 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--base-records", type=int, default=0, help="ordinary records beside the canaries (0: the "
                    "canaries are the whole site, the audit's strongest setting)")
     e.add_argument("--guess-fraction", type=float, default=0.2, help="fraction of canaries guessed (half in, half out)")
-    e.add_argument("--ipc", type=int, default=d.ipc)
-    e.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="ε the audited release targets ('inf': no noise)")
-    e.add_argument("--delta", type=float, default=d.delta)
-    e.add_argument("--steps", type=int, default=d.iterations, help="outer iterations T")
-    e.add_argument("--inner-steps", type=int, default=d.inner_steps)
-    e.add_argument("--width", type=int, default=d.width)
-    e.add_argument("--seed", type=int, default=d.seed, help="seeds the canaries, their coins and the engine")
+    add_arguments(e, ("ipc", "epsilon", "delta", "iterations", "inner_steps", "width", "seed"))
     e.add_argument("--eval-epochs", type=int, default=100, help="epochs of the model the loss attack targets")
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsynth", description=__doc__)
+    parser = _Parser(prog="fedsynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _distill_parser(sub)
     _evaluate_parser(sub)
@@ -171,18 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from client.engine import DistillConfig, distill
+    from client.engine import distill
     from common.data import load_dataset
     from common.ledger import Ledger
 
-    config = DistillConfig(
-        ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, noise_multiplier=args.noise_multiplier,
-        accountant=args.accountant, iterations=args.steps, inner_steps=args.inner_steps, net_steps=args.net_steps,
-        image_steps=args.image_steps, replay_epochs=args.replay_epochs, replay_lr_end=args.replay_lr_end,
-        batch_per_class=args.batch_per_class, sample_rate=args.sample_rate, clip_norm=args.clip_norm,
-        release_layers=args.release_layers, match_per=args.match_per, width=args.width, depth=args.depth, norm=args.norm, lr_images=args.lr_images,
-        augment=not args.no_augment, seed=args.seed,
-    )
+    config = from_arguments(args)
+    check_settings(config)  # before any file is made
     dataset = load_dataset(args.dataset, args.data_dir, train=True, download=args.download,
                            image_size=args.image_size, channels=args.channels)
     if args.limit:
@@ -200,19 +174,19 @@ def _run_distill(args: argparse.Namespace) -> int:
     result = distill(dataset, config, ledger, args.out, device=args.device, progress=not args.quiet,
                      dataset_label=args.dataset or str(args.data_dir))
     claim = result.synthetic.claim
-    eps = "inf (no noise)" if claim["epsilon"] is None else f"{claim['epsilon']:.4g}"
+    eps = f"{claim.epsilon:.3g}" if claim.private else "inf (no noise)"
     print(f"wrote {args.out}/synthetic.safetensors, claim.json, synthetic.png: {len(result.synthetic.labels)} images, "
-          f"ε={eps} δ={claim['delta']:g} σ={claim['noise_multiplier']:.4g} q={claim['sample_rate']:.4g} "
-          f"steps={claim['steps']}; site total ε={ledger.spent_epsilon():.4g} of {ledger.budget_epsilon():.4g} "
+          f"ε={eps} δ={claim.delta:g} σ={claim.noise_multiplier:.4g} q={claim.sample_rate:.4g} "
+          f"releases={claim.releases}; site total ε={ledger.spent_epsilon():.4g} of {ledger.budget_epsilon():.4g} "
           f"({ledger.path}) in {result.seconds:.0f}s")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from client.engine import resolve_device
     from common.data import load_dataset
     from common.evaluation import TrainConfig, evaluate_synthetic
-    from common.synthetic_set import load_synthetic_set
+    from common.runtime import resolve_device
+    from common.synthetic_set import SetError, load_synthetic_set, set_problem
     from common.versions import library_versions
 
     synthetic = load_synthetic_set(args.set)
@@ -222,11 +196,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         test = load_dataset(data_dir=args.test_dir, image_size=args.image_size, channels=args.channels)
     else:
         test = load_dataset(args.dataset, train=False, download=args.download)
+    problem = set_problem(synthetic.images, synthetic.labels, test.num_classes, test.image_shape)
+    if problem:
+        raise SetError(f"{args.set}: not a set for {test.name}: {problem}")
     config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
     weights = None if args.uniform else synthetic.weights
     result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
                                 resolve_device(args.device), progress=not args.quiet, weights=weights)
-    result.update(set=str(args.set), test=test.name, claim=synthetic.claim, versions=library_versions())
+    result.update(set=str(args.set), test=test.name, versions=library_versions(),
+                  claim=None if synthetic.claim is None else synthetic.claim.to_json_dict())
     print(f"accuracy {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
           f"over {args.seeds} seeds on {test.name} test ({len(test)} images)"
           + (", each image weighted as in the file" if weights is not None else ""))
@@ -291,7 +269,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from common.audit.recheck import audit_ledger, audit_run_dir
+    from common.audit.recheck import audit_ledger, audit_run_dir, read_anchors
     from common.audit.report import release_table, site_table, write_report
     from common.signing import load_public_key
     from common.synthetic_set import write_json
@@ -301,10 +279,16 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.path is None:
         raise ValueError("give a ledger file or a server output folder")
     if args.path.is_dir():
-        audits, problems = audit_run_dir(args.path)
+        audits, problems = audit_run_dir(args.path, args.anchors)
     elif args.path.exists():
         key = load_public_key(args.public_key) if args.public_key else None
-        audits, problems = [audit_ledger(args.path, key)], []
+        site = args.site or args.path.resolve().parent.name
+        anchor, problems = None, []
+        if args.anchors:
+            anchor = read_anchors(args.anchors).get(site)
+            if anchor is None:
+                problems.append(f"{args.anchors}: the server has no record of site {site!r} (use --site)")
+        audits = [audit_ledger(args.path, key, site, anchor=anchor)]
     else:
         raise FileNotFoundError(f"{args.path} does not exist")
     payload = write_report(audits, problems, args.report, str(args.path))
@@ -319,8 +303,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _run_empirical_audit(args: argparse.Namespace) -> int:
-    from client.engine import DistillConfig
-    from common.audit.empirical import run_empirical_audit, summary_table
+    from client.empirical_audit import run_empirical_audit, summary_table
     from common.data import load_dataset
     from common.synthetic_set import write_json
 
@@ -330,9 +313,8 @@ def _run_empirical_audit(args: argparse.Namespace) -> int:
         raise ValueError("--empirical needs --dataset or --data-dir: the canaries are drawn from its records")
     data = load_dataset(args.dataset, args.data_dir, train=True, download=args.download, image_size=args.image_size,
                         channels=args.channels)
-    config = DistillConfig(ipc=args.ipc, epsilon=args.epsilon, delta=args.delta, iterations=args.steps,
-                           inner_steps=args.inner_steps, width=args.width, every_class_populated=False,
-                           seed=args.seed)
+    config = from_arguments(args, every_class_populated=False)
+    check_settings(config)
     row = run_empirical_audit(data, config, args.canaries, args.base_records, args.guess_fraction,
                               args.eval_epochs, progress=not args.quiet, report_dir=args.report,
                               device=args.device)
@@ -356,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                 "deploy": _run_deploy, "audit": _run_audit}
     try:
         return handlers[args.command](args)
-    except (DataError, LedgerError, ModelNotPrivateError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"fedsynth {args.command}: error: {err}", file=sys.stderr)
+    except (FedsynthError, ValueError, OSError, SafetensorError) as err:  # every refusal: one line, exit 2
+        message = str(err) if isinstance(err, FedsynthError) else f"{type(err).__name__}: {err}"
+        if isinstance(err, OSError) and err.filename is not None:
+            message = f"{err.filename}: {err.strerror or err}"
+        print(f"fedsynth {args.command}: error: {one_line(message, 1000)}", file=sys.stderr)
         return 2
 
 

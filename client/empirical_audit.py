@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from scipy.stats import binom
 
 from common.data import ImageDataset, to_model_space
+from common.runtime import resolve_device
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -138,7 +139,6 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
                   eval_epochs: int = 100, seed: int = 0, device: str = "auto") -> CanaryAudit:
     """Score every canary from the release, guess the top and bottom `guess_fraction / 2`, bound ε;
     then the loss-threshold attack on a model trained on the release."""
-    from client.engine import resolve_device
     from common.evaluation import TrainConfig, train_classifier
 
     started = time.time()
@@ -151,7 +151,7 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
                              TrainConfig(epochs=eval_epochs, width=64, augment=True), seed=seed,  # as bench/audit.json measured
                              device=resolve_device(device)).cpu()
     auc, tpr = loss_attack(model, canaries.images, canaries.labels, included)
-    return CanaryAudit(synthetic.claim.get("epsilon"), epsilon_lower_bound(correct, 2 * k), len(included),
+    return CanaryAudit(synthetic.claim.epsilon if synthetic.claim.private else None, epsilon_lower_bound(correct, 2 * k), len(included),
                        int(included.sum()), 2 * k, correct, 0.95, auc, tpr, release.seconds + time.time() - started,
                        score.tolist(), included.tolist())
 
@@ -165,15 +165,11 @@ def split_canary_pool(data: ImageDataset, canaries: int, base_records: int, seed
     return data.subset(order[canaries:canaries + base_records].sort().values), data.subset(order[:canaries])
 
 
-def recomputed_epsilon(claim: dict) -> float | None:
+def recomputed_epsilon(claim) -> float | None:
     """The claim's ε recomputed by dp-accounting's PLD accountant from its mechanism; None for no noise."""
-    from common.privacy.accounting import Mechanism
     from common.privacy.independent import pld_epsilon
 
-    if claim.get("epsilon") is None:
-        return None
-    mechanism = Mechanism(claim["noise_multiplier"], claim["sample_rate"], claim["steps"], claim["clip_norm"])
-    return pld_epsilon([mechanism], claim["delta"])
+    return pld_epsilon([claim.mechanism], claim.delta) if claim.private else None
 
 
 def run_empirical_audit(data: ImageDataset, config, canaries: int = 200, base_records: int = 0,
@@ -188,8 +184,8 @@ def run_empirical_audit(data: ImageDataset, config, canaries: int = 200, base_re
     release = release_with_canaries(base, pool, config, canaries, seed=config.seed, progress=progress, device=device)
     audit = audit_release(release, guess_fraction, eval_epochs=eval_epochs, seed=config.seed, device=device)
     row = {**audit.to_dict(), "recomputed_epsilon": recomputed_epsilon(release.synthetic.claim),
-           "delta": release.synthetic.claim["delta"], "base_records": len(base), "dataset": data.name,
-           "claim": release.synthetic.claim, "config": asdict(config), "seed": config.seed,
+           "delta": release.synthetic.claim.delta, "base_records": len(base), "dataset": data.name,
+           "claim": release.synthetic.claim.to_json_dict(), "config": asdict(config), "seed": config.seed,
            "versions": library_versions()}
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)

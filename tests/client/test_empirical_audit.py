@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from client.engine import DistillConfig
-from common.audit.empirical import audit_release, epsilon_lower_bound, release_with_canaries
+from client.empirical_audit import audit_release, epsilon_lower_bound, release_with_canaries
 from common.data import ImageDataset
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_calibrated_noise_stays_below_the_claim(mnist_test):
 def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
     import json
 
-    from common.cli import main
+    from client.cli import main
 
     out = tmp_path / "empirical.json"
     code = main(["audit", "--empirical", "--dataset", "mnist5k", "--canaries", "60", "--base-records", "100",
@@ -89,7 +89,7 @@ def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
 
 
 def test_canaries_never_overlap_the_base_records():
-    from common.audit.empirical import split_canary_pool
+    from client.empirical_audit import split_canary_pool
     from common.data import load_mnist5k
 
     data = load_mnist5k(train=False)

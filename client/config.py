@@ -1,0 +1,188 @@
+"""The engine's settings, each defined once: its default, range, help, CLI flag, run-config key and app default.
+
+`DistillConfig` is a frozen keyword-only dataclass (jax_privacy's style). Each field's metadata
+says how it appears elsewhere, and everything else is derived from it: `fedsynth distill`'s
+flags (`add_arguments`, `from_arguments`), the run-config keys the server sends and the sites
+read (`REQUEST_KEYS`, `from_request`), and the federated app's defaults (`app_defaults`), which a
+test holds equal to `[tool.flwr.app.config]` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from client.errors import EngineError
+from client.matching import UNITS as MATCH_UNITS
+from common.models import NORMS
+from common.privacy.accounting import ACCOUNTANTS
+
+MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases: beyond that no run finishes on any machine
+MAX_RELEASES = 1_000_000
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
+            open_high: bool = False, flag: str | None = "", key: str | None = None, app: Any = MISSING,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A DistillConfig field. `flag`: the CLI flag ("" derives `--name-with-dashes`, None: not on the CLI);
+    `key`: the run-config key the federated app sends (None: not sent); `app`: the app's default where it
+    differs from the engine's; `low`/`high`: the allowed range (open ends excluded)."""
+    return field(default=default, metadata=dict(help=help, low=low, high=high, open_low=open_low,
+                                                 open_high=open_high, flag=flag, key=key, app=app, choices=choices))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Everything that decides a distillation run. `epsilon=inf` (or `noise_multiplier=0`) means no noise."""
+
+    ipc: int = setting(10, "synthetic images per class", low=1, high=10_000, key="ipc")
+    epsilon: float = setting(10.0, "target ε ('inf' = no noise, for research)", low=0.0, open_low=True,
+                             high=math.inf, key="epsilon")
+    delta: float = setting(1e-5, "target δ (below 1/n)", low=0.0, high=1.0, open_low=True, open_high=True,
+                           key="delta")
+    noise_multiplier: float | None = setting(None, "give σ directly instead of calibrating to --epsilon", low=0.0,
+                                             high=1e6)
+    accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS)
+    iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
+                              high=MAX_ITERATIONS, flag="--steps", key="steps", app=20)
+    inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps")
+    net_steps: int = setting(1, "network updates on S between releases (free)", low=0, high=10_000)
+    image_steps: int = setting(1, "updates of S against each release (free post-processing)", low=1, high=10_000)
+    replay_epochs: int = setting(0, "passes over every release after the run, matching it again (free "
+                                 "post-processing: a release's noise enters many small updates that average it)",
+                                 low=0, high=10_000, key="replay-epochs", app=6)
+    replay_lr_end: float = setting(1.0, "image learning rate at the end of the replay passes, a fraction of "
+                                   "--lr-images (linear decay)", low=0.0, high=1.0, open_low=True,
+                                   key="replay-lr-end", app=0.1)
+    batch_per_class: float = setting(64.0, "expected records per class per release (sets q)", low=0.0, high=1e9,
+                                     open_low=True, key="batch-per-class")
+    sample_rate: float | None = setting(None, "Poisson rate q (overrides --batch-per-class)", low=0.0, high=1.0,
+                                        open_low=True)
+    clip_norm: float = setting(1.0, "per-example gradient bound C", low=0.0, high=1e6, open_low=True)
+    release_layers: int = setting(2, "release and match only the last N weight layers' gradients (0: every "
+                                  "parameter; the first convolutions' noised gradients cost more than they teach)",
+                                  low=0, high=1_000, key="release-layers")
+    match_per: str = setting("unit", "gradient-matching cosine per output unit (DC's) or per whole layer",
+                             choices=MATCH_UNITS)
+    width: int = setting(32, "distillation ConvNet width", low=1, high=4096, key="width")
+    depth: int = setting(3, "distillation ConvNet depth", low=1, high=64)
+    norm: str = setting("instancenorm", "distillation ConvNet normalisation", choices=NORMS)
+    lr_images: float = setting(1.0, "image learning rate", low=0.0, high=1e6, open_low=True, key="lr-images")
+    momentum_images: float = setting(0.5, "image momentum", low=0.0, high=1.0, open_high=True, flag=None)
+    lr_net: float = setting(0.01, "network learning rate on the synthetic set", low=0.0, high=1e6, flag=None)
+    augment: bool = setting(True, "differentiable siamese augmentation", flag=None)
+    every_class_populated: bool = setting(True, "refuse classes with fewer than ipc records (a federated site "
+                                          "distils every class: skipping one would reveal it holds none)", flag=None)
+    seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),
+                        high=2**63 - 1)
+    checkpoint_every: int = setting(10, "iterations between checkpoints", low=1, flag=None)
+    classes_per_pass: int = setting(0, "classes released from one per-example pass (0: all on CUDA, one on CPU)",
+                                    low=0, flag=None)
+
+    @property
+    def releases(self) -> int:
+        """Number of composed Poisson-subsampled Gaussian releases: T·K."""
+        return self.iterations * self.inner_steps
+
+    @property
+    def private(self) -> bool:
+        return not (math.isinf(self.epsilon) or self.noise_multiplier == 0.0)
+
+
+REQUEST_KEYS = tuple(f.metadata["key"] for f in fields(DistillConfig) if f.metadata["key"])
+
+
+def _in_range(value: float, meta: dict) -> bool:
+    low, high = meta["low"], meta["high"]
+    return not (math.isnan(value) or (low is not None and (value < low or (meta["open_low"] and value == low)))
+                or (high is not None and (value > high or (meta["open_high"] and value == high))))
+
+
+def check_settings(config: DistillConfig) -> None:
+    """Every setting has its type and a value in its range, and the run can finish (bounded releases)."""
+    for f in fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None and f.default is None:
+            continue
+        if meta["choices"] is not None:
+            if value not in meta["choices"]:
+                raise EngineError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            continue
+        if isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise EngineError(f"{f.name} must be true or false, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EngineError(f"{f.name} must be a number, got {type(value).__name__}")
+        if isinstance(f.default, int) and not isinstance(value, int):
+            raise EngineError(f"{f.name} must be an integer, got {value!r}")
+        if not _in_range(value, meta) or (math.isinf(value) and f.name != "epsilon"):
+            bounds = f"{'(' if meta['open_low'] else '['}{meta['low']}, {meta['high']}{')' if meta['open_high'] else ']'}"
+            finite = "" if meta["high"] == math.inf else "finite "
+            raise EngineError(f"{f.name} must be a {finite}number in {bounds}, got {value!r}")
+    if config.releases > MAX_RELEASES:
+        raise EngineError(f"{config.iterations} iterations × {config.inner_steps} releases = {config.releases} releases, "
+                          f"more than {MAX_RELEASES:,}: no run of that length finishes")
+
+
+# ---- derived: the CLI, the run config, the app's defaults ----------------------------------------
+def _flag(f) -> str | None:
+    flag = f.metadata["flag"]
+    return None if flag is None else flag or "--" + f.name.replace("_", "-")
+
+
+def epsilon_value(text: str) -> float:
+    """An ε from the command line: a number or 'inf' (never NaN)."""
+    value = float(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("must be a number or 'inf'")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, names: tuple[str, ...] | None = None) -> None:
+    """`fedsynth distill`'s engine flags (or only those of `names`), with the engine's defaults and help."""
+    for f in fields(DistillConfig):
+        flag = _flag(f)
+        if flag is None or (names is not None and f.name not in names):
+            continue
+        meta = f.metadata
+        kind = type(f.default) if f.default is not None else float
+        extra = {"choices": meta["choices"]} if meta["choices"] else {"type": epsilon_value if kind is float else kind}
+        default = f"default {f.default:g}" if isinstance(f.default, float) else f"default {f.default}"
+        parser.add_argument(flag, dest=f.name, default=f.default, help=f"{meta['help']} ({default})", **extra)
+
+
+def from_arguments(args: argparse.Namespace, **fixed: Any) -> DistillConfig:
+    """The config of parsed `add_arguments` flags; `fixed` sets fields the CLI does not expose."""
+    given = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
+    return DistillConfig(**{**given, **fixed})
+
+
+def app_default(f) -> Any:
+    return f.default if f.metadata["app"] is MISSING else f.metadata["app"]
+
+
+def app_defaults() -> dict[str, Any]:
+    """The federated app's engine defaults by run-config key: what pyproject's [tool.flwr.app.config] must hold."""
+    return {f.metadata["key"]: app_default(f) for f in fields(DistillConfig) if f.metadata["key"]}
+
+
+def from_request(request: dict, **fixed: Any) -> DistillConfig:
+    """The config a site runs for the server's request: each run-config key typed as its field (a key the
+    request lacks takes the app's default); `fixed` sets what the site decides itself."""
+    values = {}
+    for f in fields(DistillConfig):
+        key = f.metadata["key"]
+        if key is None:
+            continue
+        raw = request.get(key, app_default(f))
+        kind = type(f.default)
+        if kind is int and (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw)
+                            or raw != int(raw)):
+            raise EngineError(f"the request's {key} must be an integer, got {str(raw)[:40]!r}")
+        if kind is float and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+            raise EngineError(f"the request's {key} must be a number, got {str(raw)[:40]!r}")
+        values[f.name] = kind(raw)
+    return DistillConfig(**{**values, **fixed})
