@@ -78,6 +78,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, default=10, help="number of simulated sites (Flower's num-supernodes)")
     p.add_argument("--run-config", help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
     p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs too (default: fedsynth's "
+                   "lines only; the logs are shown anyway when the run fails)")
     p.add_argument("--federation-config", help='Flower simulation settings, e.g. "client-resources-num-cpus=4 '
                    'client-resources-num-gpus=0.25" (sites run at once = cores / num-cpus)')
 
@@ -219,7 +221,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     from common.simulation import run_simulation
 
-    return run_simulation(args.app, args.sites, args.run_config, federation_config=args.federation_config)
+    return run_simulation(args.app, args.sites, args.run_config, federation_config=args.federation_config,
+                          verbose=args.verbose)
 
 
 def _run_keys(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.config import DistillConfig, from_request
 from client.engine import distill
+from client.progress import SiteProgress
 from common.data import ImageDataset, load_dataset
 from common.errors import FedsynthError
 from common.ledger import Ledger
@@ -128,7 +129,8 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request, ledger_path), signer=key)
         dataset = _site_data(node, request)
         result = distill(dataset, config, ledger, home / "runs" / _run_folder(run_id), progress=False,
-                         device=str(node.get("device", "auto")), dataset_label=dataset.name)
+                         device=str(node.get("device", "auto")), dataset_label=dataset.name,
+                         on_iteration=SiteProgress(site, dataset, config))
     except (FedsynthError, KeyError, TypeError, ValueError, OSError) as err:  # refusals are answers, not crashes
         reason = f"{type(err).__name__}: {err}" if isinstance(err, (KeyError, TypeError)) else str(err)
         return Message(refusal_record(site, reason), reply_to=msg)

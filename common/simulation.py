@@ -10,13 +10,16 @@ group when the run ends, whatever happened.
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,9 +94,10 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 
 
 def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flwr_home: Path | None = None,
-                   timeout: float | None = None, federation_config: str | None = None) -> int:
+                   timeout: float | None = None, federation_config: str | None = None, verbose: bool = True) -> int:
     """Simulate `sites` sites running the app in `app_dir`; returns `flwr run`'s exit status.
-    `federation_config` adds Flower simulation settings, e.g. "client-resources-num-cpus=1"."""
+    `federation_config` adds Flower simulation settings, e.g. "client-resources-num-cpus=1"; without
+    `verbose` only fedsynth's own lines are shown (Flower's and Ray's logs only when the run fails)."""
     with tempfile.TemporaryDirectory(prefix="fedsynth-flwr-") as tmp:
         home = Path(flwr_home) if flwr_home else Path(tmp)
         with simulation_superlink(home) as env:
@@ -101,8 +105,52 @@ def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flw
                        f"num-supernodes={sites} {federation_config or ''}".strip(), "--stream"]
             if run_config:
                 command += ["--run-config", run_config]
-            code = subprocess.run(command, env=env, timeout=timeout).returncode
+            code = _run_streaming(command, env, timeout, verbose)
             return code or run_status_code(env, CONNECTION)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shown_line(line: str) -> str | None:
+    """What a quiet run shows of one log line: fedsynth's own lines and tables, without Ray's or Flower's prefixes."""
+    line = _ANSI.sub("", line.rstrip("\n"))
+    if "[fedsynth]" in line:
+        return line[line.index("[fedsynth]"):]
+    return line if line.startswith("|") else None
+
+
+def _run_streaming(command: list[str], env: dict[str, str], timeout: float | None, verbose: bool) -> int:
+    """Run `command`, passing its output through (`verbose`) or only fedsynth's lines; on failure the last
+    lines are shown either way. Killed after `timeout` seconds (exit 124)."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace")
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    if timer is not None:
+        timer.start()
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    try:
+        for line in process.stdout:
+            tail.append(line)
+            shown = line.rstrip("\n") if verbose else shown_line(line)
+            if shown is not None:
+                print(shown, flush=True)
+        code = process.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if expired.is_set():
+        print(f"fedsynth: the run did not finish within {timeout:.0f} s", file=sys.stderr)
+        return 124
+    if code != 0 and not verbose:
+        print("fedsynth: the run failed; its last log lines:\n" + "".join(tail), file=sys.stderr)
+    return code
 
 
 def run_status_code(env: dict[str, str], connection: str) -> int:
