@@ -52,11 +52,17 @@ def table(rows: list[dict]) -> str:
     lines = ["| target ε | claimed ε (Opacus RDP) | recomputed ε (PLD) | empirical lower bound (95 %) | guesses right "
              "| MIA AUC | TPR @ 1 % FPR | canaries (+ base records) | time |",
              "|---|---|---|---|---|---|---|---|---|"]
+
+    def show(v, f: str = ".2f") -> str:
+        return "∞ (no noise)" if v is None else format(v, f)
+
     for r in rows:
-        show = lambda v, f=".2f": "∞ (no noise)" if v is None else format(v, f)
-        lines.append(f"| {show(r['target_epsilon'], 'g')} | {show(r['claimed_epsilon'])} | {show(r['recomputed_epsilon'])} "
-                     f"| **{r['empirical_epsilon_lower_bound']:.2f}** | {r['correct']}/{r['guesses']} | {r['mia_auc']:.3f} "
-                     f"| {r['tpr_at_1pct_fpr']:.3f} | {r['canaries']} (+{r['base_records']}) | {r['seconds'] / 60:.1f} min |")
+        lines.append(f"| {show(r['target_epsilon'], 'g')} | {show(r['claimed_epsilon'])} "
+                     f"| {show(r['recomputed_epsilon'])} "
+                     f"| **{r['empirical_epsilon_lower_bound']:.2f}** | {r['correct']}/{r['guesses']} "
+                     f"| {r['mia_auc']:.3f} "
+                     f"| {r['tpr_at_1pct_fpr']:.3f} | {r['canaries']} (+{r['base_records']}) "
+                     f"| {r['seconds'] / 60:.1f} min |")
     return "\n".join(lines)
 
 

@@ -83,15 +83,16 @@ def _pool_choice(metrics: dict) -> dict:
 
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
-ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images", "replay-epochs",
-               "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers")
+ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
+               "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers")
 # Keys added after some rows were measured, with the value those rows ran with.
 ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
                       "release-layers": 0}
 
 
 def engine_settings() -> dict:
-    """The engine settings a fedsynth row ran with (the app's defaults in pyproject.toml), so a row says what it measured."""
+    """The engine settings a fedsynth row ran with (the app's defaults in pyproject.toml), so a row says what it
+    measured."""
     defaults = app_run_config()
     return {"source": "pyproject [tool.flwr.app.config]", **{k: defaults[k] for k in ENGINE_KEYS}}
 
@@ -396,7 +397,8 @@ def main() -> int:
             partitions = ["central"] if method.startswith("central") else args.partition
             for partition in partitions:
                 for epsilon in epsilons:
-                    probe = {"method": method, "partition": partition, "epsilon": None if math.isinf(epsilon) else epsilon}
+                    probe = {"method": method, "partition": partition,
+                             "epsilon": None if math.isinf(epsilon) else epsilon}
                     earlier = next((r for r in rows if _key(r) == _key(probe)), None) if args.add_seeds else None
                     row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds,
                                   reuse_federation=not args.rerun_fedsynth, earlier=earlier)

@@ -33,11 +33,13 @@ RESULTS = ROOT / "bench" / "results"
 SETS = RESULTS / "sets"
 
 # Engine settings per profile (DistillConfig fields) and the evaluation protocol.
-CPU_PROFILE = dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0, clip_norm=1.0,
-                                lr_images=1.0, release_layers=0),  # every parameter, as its rows were measured
+CPU_PROFILE = dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0,
+                                clip_norm=1.0, lr_images=1.0,
+                                release_layers=0),  # every parameter, as its rows were measured
                    eval_epochs=300,
-                   # At ε = 10 the 600 releases of 64 records need only σ ≈ 0.55, where DP-SGD spends its budget badly;
-                   # 300 releases of 256 records (σ ≈ 0.76) cut the noise per averaged gradient 3× and scored 75.0 vs 72.7 %.
+                   # At ε = 10 the 600 releases of 64 records need only σ ≈ 0.55, where DP-SGD spends its budget
+                   # badly; 300 releases of 256 records (σ ≈ 0.76) cut the noise per averaged gradient 3× and scored
+                   # 75.0 vs 72.7 %.
                    by_epsilon={10.0: dict(iterations=60, batch_per_class=256.0)})
 
 
@@ -70,7 +72,8 @@ PROFILES = {
     "w128-replay6-decay": _cpu_variant(width=128, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000),
     # fewer, larger releases on the wider networks (noise per averaged gradient down, σ up): k× the records per
     # release and 1/k of the outer iterations of the cpu profile at each ε
-    **{f"w{w}-b{k}x-replay6-decay": _larger_releases(k, width=w, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000)
+    **{f"w{w}-b{k}x-replay6-decay":
+       _larger_releases(k, width=w, replay_epochs=6, replay_lr_end=0.1, checkpoint_every=1000)
        for w in (64, 128) for k in (2, 4)},
     # releasing (and matching) only the last N weight layers' gradients: the same noise per coordinate on fewer
     # coordinates that share the whole clip norm; N = 1 (the classifier) is in effect DP distribution matching
@@ -82,19 +85,21 @@ PROFILES = {
        for n in (1, 2)},
     # the same at a larger image learning rate: a per-layer cosine's gradient on S is about √rows (3–6×) smaller
     # than the per-unit sum's, so lr_images = 1 (tuned per unit) moves the images less
-    "cpu-replay3-release2-layercos-lr5": _cpu_variant(replay_epochs=3, release_layers=2, match_per="layer", lr_images=5.0),
+    "cpu-replay3-release2-layercos-lr5": _cpu_variant(replay_epochs=3, release_layers=2, match_per="layer",
+                                                      lr_images=5.0),
     **{f"w64-replay3-release{n}": _cpu_variant(width=64, replay_epochs=3, release_layers=n) for n in (2,)},
     "cpu-replay6-decay-release2": _cpu_variant(replay_epochs=6, replay_lr_end=0.1, release_layers=2),
     # the last two layers at ε = 10 through twice the outer iterations (120 × 5 releases of 256, σ 0.88): without noise
     # 120 iterations (of 64 records) reach 78.8 %, and fewer, larger releases (b2x) scored lower, so iterations count
     "cpu-t120-replay3-release2": {**_cpu_variant(replay_epochs=3, release_layers=2),
                                   "by_epsilon": {10.0: dict(iterations=120, batch_per_class=256.0)}},
-    # the last two layers with twice the records per release for half the outer iterations (as `w64-b2x-…` paid at ε = 10)
+    # the last two layers with twice the records per release for half the outer iterations
+    # (as `w64-b2x-…` paid at ε = 10)
     **{f"{'cpu' if w == 32 else f'w{w}'}-b2x-replay3-release2":
        _larger_releases(2, width=w, replay_epochs=3, release_layers=2, checkpoint_every=1000) for w in (32, 64)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
-    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6, clip_norm=0.1,
-                               release_layers=0),
+    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6,
+                               clip_norm=0.1, release_layers=0),
                   eval_epochs=1000),
 }
 # PSG's scale releasing only the last two weight layers (the engine's default since stop 27), for the next GPU
@@ -198,7 +203,8 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
 
 
 def reevaluate_row(row: dict, seeds: int, device: str) -> dict:
-    """Train fresh networks on a kept set with today's evaluation protocol; the set and its distillation stay as they were."""
+    """Train fresh networks on a kept set with today's evaluation protocol; the set and its distillation stay as
+    they were."""
     from common.runtime import resolve_device
     from common.data import load_fashion_mnist
     from common.evaluation import TrainConfig, evaluate_synthetic
@@ -231,7 +237,8 @@ def merge(rows: list[dict], path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| profile | device | IPC | ε | accuracy % | same set, DSA in evaluation | PSG published | distill time | it/s | peak RSS |",
+    lines = ["| profile | device | IPC | ε | accuracy % | same set, DSA in evaluation | PSG published | distill time "
+             "| it/s | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
@@ -239,8 +246,10 @@ def table(rows: list[dict]) -> str:
         dsa = scores_by_protocol(r).get(True)
         dsa = "—" if dsa is None else percent(dsa["accuracy_mean"], dsa["accuracy_std"])
         seed = f" (seed {r['seed']})" if r.get("seed") else ""
-        lines.append(f"| {r['profile']}{seed} | {device_kind(r)} | {r['ipc']} | {eps} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
-                     f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} | {r['peak_rss_mb']:.0f} MB |")
+        lines.append(f"| {r['profile']}{seed} | {device_kind(r)} | {r['ipc']} | {eps} "
+                     f"| {percent(r['accuracy_mean'], r['accuracy_std'])} "
+                     f"| {dsa} | {psg} | {r['seconds'] / 60:.1f} min | {r['iterations_per_second']:.2f} "
+                     f"| {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
 
@@ -256,12 +265,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--iterations", type=int, help="outer iterations instead of the profile's (row labelled e.g. paper-300it)")
+    parser.add_argument("--iterations", type=int,
+                        help="outer iterations instead of the profile's (row labelled e.g. paper-300it)")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     parser.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
     parser.add_argument("--reevaluate", action="store_true",
-                        help="re-evaluate the kept sets of the selected rows with the current protocol (no distillation)")
+                        help="re-evaluate the kept sets of the selected rows with the current protocol "
+                             "(no distillation)")
     args = parser.parse_args()
 
     if args.one_row:
@@ -291,7 +302,7 @@ def main() -> int:
             if done.returncode != 0:
                 print(f"row failed (exit {done.returncode})", file=sys.stderr)
                 continue
-            rows.append(json.loads(next(l for l in done.stdout.splitlines() if l.startswith("ROW "))[4:]))
+            rows.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith("ROW "))[4:]))
             merged = merge(rows, args.out)
             update_readme(merged)
             print(table([r for r in merged if of_profile(r, args.profile)]), flush=True)

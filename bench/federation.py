@@ -76,7 +76,8 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
     from common.simulation import run_simulation
     from common.versions import library_versions
 
-    name = f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}" + ("" if profile == "cpu" else f"_{profile}")
+    name = (f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}"
+            + ("" if profile == "cpu" else f"_{profile}"))
     name += f"_seed{seed}" if seed else ""   # each seed keeps its own files
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         out = Path(tmp) / "out"
@@ -98,7 +99,10 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
             keep_pool.mkdir(parents=True, exist_ok=True)
             shutil.copy(out / "synthetic_pool.safetensors", keep_pool / f"{name}.safetensors")
     accepted = [s for s in metrics["sites"] if s["accepted"]]
-    mean = lambda key: statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None
+
+    def mean(key: str) -> float | None:
+        return statistics.fmean(s[key] for s in accepted) if accepted and all(key in s for s in accepted) else None
+
     return {
         "dataset": "fashion-mnist",
         "profile": profile,
@@ -158,11 +162,12 @@ def _server_training(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| profile | ε | sites | partition | global accuracy % | vs one site | engine bench, one site | global model trained "
-             "| time per site | upload per site | peak RSS per site | round wall time |",
+    lines = ["| profile | ε | sites | partition | global accuracy % | vs one site | engine bench, one site "
+             "| global model trained | time per site | upload per site | peak RSS per site | round wall time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     # the gap is read only between rounds whose global models were trained the same way
-    reference = {(r.get("profile", "cpu"), r["epsilon"], _server_training(r)): r["accuracy_mean"] for r in rows if r["sites"] == 1}
+    reference = {(r.get("profile", "cpu"), r["epsilon"], _server_training(r)): r["accuracy_mean"]
+                 for r in rows if r["sites"] == 1}
     engine = engine_bench_reference()
     for r in rows:
         profile = r.get("profile", "cpu")
@@ -173,8 +178,10 @@ def table(rows: list[dict]) -> str:
         per_site = "—" if r["seconds_per_site"] is None else f"{r['seconds_per_site']:.0f} s"
         size = "—" if r["bytes_per_site"] is None else f"{r['bytes_per_site'] / 1024:.0f} KiB"
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
-        lines.append(f"| {profile}{f' (seed {seed})' if (seed := r['seed']) else ''} | {r['epsilon']:g} | {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
-                     f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} | {_server_training(r)} | {per_site} "
+        lines.append(f"| {profile}{f' (seed {seed})' if (seed := r['seed']) else ''} | {r['epsilon']:g} "
+                     f"| {r['sites']} | {part} | {100 * r['accuracy_mean']:.1f} | {gap} "
+                     f"| {engine.get((r['epsilon'], _server_used_dsa(r)), '—') if profile == 'cpu' else '—'} "
+                     f"| {_server_training(r)} | {per_site} "
                      f"| {size} | {rss} | {r['seconds'] / 60:.1f} min |")
     if any(r["sites"] > 1 and r.get("site_seeding", "shared") == "shared" for r in rows):
         lines.append(SHARED_SEED_NOTE)
@@ -194,16 +201,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
                         help="cpu: the app's defaults; cpu-b256: half the releases, 4× the records each; "
-                             "cpu-t60: three times the outer iterations; cpu-w16 / cpu-w8: ConvNet-16 / -8 at the sites; "
+                             "cpu-t60: three times the outer iterations; "
+                             "cpu-w16 / cpu-w8: ConvNet-16 / -8 at the sites; "
                              "cpu-replay3: three replay passes over each site's releases; "
                              "cpu-replay6-decay: today's app (six decayed replay passes); "
-                             "cpu-signal: the same, pool weighted by the sites' class signal; cpu-auto: weighted only where it carried signal; "
+                             "cpu-signal: the same, pool weighted by the sites' class signal; "
+                             "cpu-auto: weighted only where it carried signal; "
                              "gpu: PSG-scale engine, two sites per GPU")
     parser.add_argument("--run-config", default="", help="further overrides of [tool.flwr.app.config] for every row")
     parser.add_argument("--federation-config", help='Flower simulation settings (replace the profile\'s), '
                         'e.g. "client-resources-num-cpus=1"')
     parser.add_argument("--out", type=Path, default=RESULTS / "federation.json")
-    parser.add_argument("--keep-pool", type=Path, help="folder to keep each round's pooled synthetic set in (not committed)")
+    parser.add_argument("--keep-pool", type=Path,
+                        help="folder to keep each round's pooled synthetic set in (not committed)")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the README table from the JSON")
     args = parser.parse_args()
 

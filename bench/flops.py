@@ -91,7 +91,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--epsilon", type=float, default=10.0, help="the ε whose profile settings to count (per-ε overrides apply)")
+    parser.add_argument("--epsilon", type=float, default=10.0,
+                        help="the ε whose profile settings to count (per-ε overrides apply)")
     parser.add_argument("--iterations", type=int, default=3, help="outer iterations timed after the set-up")
     parser.add_argument("--out", type=Path, default=RESULTS / "flops.json")
     args = parser.parse_args()

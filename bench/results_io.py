@@ -1,4 +1,5 @@
-"""What the benchmarks share: merge rows into a JSON file, format scores, regenerate a results block, read the app's settings."""
+"""What the benchmarks share: merge rows into a JSON file, format scores, regenerate a results block, read the
+app's settings."""
 
 from __future__ import annotations
 

@@ -85,7 +85,8 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
         print(f"run {repeat + 1}/{args.repeats}: {100 * runs[-1]['accuracy']:.1f} % in {seconds:.0f} s", flush=True)
     accuracies = [r["accuracy"] for r in runs]
     return {
-        "dataset": request["dataset"], "partition": args.partition, "alpha": args.alpha if args.partition == "dirichlet" else None,
+        "dataset": request["dataset"], "partition": args.partition,
+        "alpha": args.alpha if args.partition == "dirichlet" else None,
         "sites": args.sites, "site": args.site, "records": len(data), "seed": args.seed,
         "epsilon": None if math.isinf(args.epsilon) else args.epsilon, "delta": config.delta,
         "overrides": overrides, "noise_multiplier": runs[0]["noise_multiplier"],
@@ -111,7 +112,8 @@ def _changes(row: dict) -> dict:
     from client.client_app import distill_config
 
     epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
-    today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]), f"site-{row['site']}")))
+    today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]),
+                                                                f"site-{row['site']}")))
     return {k: v for k, v in _effective_config(row["config"]).items() if today.get(k) != v}
 
 
@@ -123,13 +125,15 @@ def _key(row: dict) -> tuple:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| partition | site | records | ε | changes from the app's settings today | σ | accuracy % (runs) | distil time |",
+    lines = ["| partition | site | records | ε | changes from the app's settings today | σ | accuracy % (runs) "
+             "| distil time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "∞ (no noise)" if r["epsilon"] is None else f"{r['epsilon']:g}"
         changes = ", ".join(f"{k}={v}" for k, v in _changes(r).items()) or "—"
         lines.append(f"| {r['partition']} | {r['site']}/{r['sites']} | {r['records']} | {eps} | {changes} | "
-                     f"{r['noise_multiplier']:.3g} | {percent(r['accuracy_mean'], r['accuracy_std'])} ({len(r['runs'])}) | "
+                     f"{r['noise_multiplier']:.3g} | {percent(r['accuracy_mean'], r['accuracy_std'])} "
+                     f"({len(r['runs'])}) | "
                      f"{r['seconds']:.0f} s |")
     return "\n".join(lines)
 

@@ -50,7 +50,8 @@ def _distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive_int, help="use a random N records (seeded by --seed), for quick trials")
     p.add_argument("--ledger", type=Path, help="site ledger (default $FEDSYNTH_HOME/ledger.jsonl)")
     p.add_argument("--site-budget", type=epsilon_value, help="total ε of a new ledger (default 10; 'inf' for research)")
-    p.add_argument("--signing-key", type=Path, help="site's Ed25519 key (from `fedsynth keys`): signs each ledger entry")
+    p.add_argument("--signing-key", type=Path,
+                   help="site's Ed25519 key (from `fedsynth keys`): signs each ledger entry")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
@@ -76,7 +77,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="one federated round with N simulated sites (Flower simulation engine)")
     p.add_argument("--sites", type=int, default=10, help="number of simulated sites (Flower's num-supernodes)")
-    p.add_argument("--run-config", help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
+    p.add_argument("--run-config",
+                   help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
     p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs too (default: fedsynth's "
                    "lines only; the logs are shown anyway when the run fails)")
@@ -105,9 +107,11 @@ def _deploy_parser(sub: argparse._SubParsersAction) -> None:
     link.add_argument("--port", type=int, default=8000, help="the one HTTPS port sites and the CLI connect to")
     link.add_argument("--database", type=Path, default=Path("superlink.db"), help="SuperLink state (SQLite)")
     node = roles.add_parser("supernode", help="one site: connects out to the SuperLink, runs the ClientApp locally")
-    node.add_argument("--site-dir", type=Path, required=True, help="this site's folder from `fedsynth keys` (sites/SITE)")
+    node.add_argument("--site-dir", type=Path, required=True,
+                      help="this site's folder from `fedsynth keys` (sites/SITE)")
     node.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator's SuperLink")
-    node.add_argument("--data-dir", type=Path, required=True, help="the site's ImageFolder tree (never leaves the site)")
+    node.add_argument("--data-dir", type=Path, required=True,
+                      help="the site's ImageFolder tree (never leaves the site)")
     node.add_argument("--home", type=Path, help="work folder (ledger, checkpoints); default $FEDSYNTH_HOME/sites/SITE")
     node.add_argument("--ledger", type=Path, help="privacy ledger (default HOME/ledger.jsonl)")
     node.add_argument("--site-budget", type=epsilon_value, help="total ε a new ledger allows (default 10)")
@@ -229,7 +233,8 @@ def _run_keys(args: argparse.Namespace) -> int:
     from common.pki import DEFAULT_HOSTS, KeyPlan, make_keys
 
     if args.sites is None and not args.site_names and not args.hosts:
-        raise ValueError("say which keys to make: --sites N, --site-names NAME..., or --hosts NAME... (certificate only)")
+        raise ValueError("say which keys to make: --sites N, --site-names NAME..., "
+                         "or --hosts NAME... (certificate only)")
     if args.sites is not None and args.sites < 1:
         raise ValueError("--sites must be at least 1")
     sites = args.site_names or [f"site-{i}" for i in range(args.sites or 0)]
@@ -262,7 +267,8 @@ def _run_deploy(args: argparse.Namespace) -> int:
             config["site-budget"] = args.site_budget
         for needed in ("supernode-auth.key", "signing.pem", "ca.crt"):
             if not (args.site_dir / needed).exists():
-                raise FileNotFoundError(f"{args.site_dir / needed} missing: copy the site's folder from `fedsynth keys`")
+                raise FileNotFoundError(f"{args.site_dir / needed} missing: "
+                                        "copy the site's folder from `fedsynth keys`")
         command = supernode_command(args.site_dir.resolve(), args.superlink, args.port, config,
                                     (args.site_dir / "ca.crt").resolve(), max_retries=None)
     if args.print:

@@ -16,11 +16,11 @@ from typing import Any
 
 from client.errors import EngineError
 from client.matching import UNITS as MATCH_UNITS
+from common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
 from common.models import NORMS
 from common.privacy.accounting import ACCOUNTANTS
 
-MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases: beyond that no run finishes on any machine
-MAX_RELEASES = 1_000_000
+MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases (the most a claim may carry)
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
@@ -43,7 +43,7 @@ class DistillConfig:
     delta: float = setting(1e-5, "target δ (below 1/n)", low=0.0, high=1.0, open_low=True, open_high=True,
                            key="delta")
     noise_multiplier: float | None = setting(None, "give σ directly instead of calibrating to --epsilon", low=0.0,
-                                             high=1e6)
+                                             high=MAX_NOISE_MULTIPLIER)
     accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS)
     iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
                               high=MAX_ITERATIONS, flag="--steps", key="steps", app=20)
@@ -119,12 +119,13 @@ def check_settings(config: DistillConfig) -> None:
         if isinstance(f.default, int) and not isinstance(value, int):
             raise EngineError(f"{f.name} must be an integer, got {value!r}")
         if not _in_range(value, meta) or (math.isinf(value) and f.name != "epsilon"):
-            bounds = f"{'(' if meta['open_low'] else '['}{meta['low']}, {meta['high']}{')' if meta['open_high'] else ']'}"
+            bounds = (f"{'(' if meta['open_low'] else '['}{meta['low']}, "
+                      f"{meta['high']}{')' if meta['open_high'] else ']'}")
             finite = "" if meta["high"] == math.inf else "finite "
             raise EngineError(f"{f.name} must be a {finite}number in {bounds}, got {value!r}")
     if config.releases > MAX_RELEASES:
-        raise EngineError(f"{config.iterations} iterations × {config.inner_steps} releases = {config.releases} releases, "
-                          f"more than {MAX_RELEASES:,}: no run of that length finishes")
+        raise EngineError(f"{config.iterations} iterations × {config.inner_steps} releases = "
+                          f"{config.releases} releases, more than {MAX_RELEASES:,}: no run of that length finishes")
 
 
 # ---- derived: the CLI, the run config, the app's defaults ----------------------------------------

@@ -148,15 +148,17 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
     order = torch.argsort(score, descending=True)
     correct = int(included[order[:k]].sum()) + int((~included[order[-k:]]).sum())
     model = train_classifier(synthetic.images, synthetic.labels, canaries.num_classes,
-                             TrainConfig(epochs=eval_epochs, width=64, augment=True), seed=seed,  # as bench/audit.json measured
-                             device=resolve_device(device)).cpu()
+                             TrainConfig(epochs=eval_epochs, width=64, augment=True),  # as bench/audit.json measured
+                             seed=seed, device=resolve_device(device)).cpu()
     auc, tpr = loss_attack(model, canaries.images, canaries.labels, included)
-    return CanaryAudit(synthetic.claim.epsilon if synthetic.claim.private else None, epsilon_lower_bound(correct, 2 * k), len(included),
-                       int(included.sum()), 2 * k, correct, 0.95, auc, tpr, release.seconds + time.time() - started,
+    return CanaryAudit(synthetic.claim.epsilon if synthetic.claim.private else None,
+                       epsilon_lower_bound(correct, 2 * k), len(included), int(included.sum()), 2 * k, correct,
+                       0.95, auc, tpr, release.seconds + time.time() - started,
                        score.tolist(), included.tolist())
 
 
-def split_canary_pool(data: ImageDataset, canaries: int, base_records: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+def split_canary_pool(data: ImageDataset, canaries: int, base_records: int,
+                      seed: int) -> tuple[ImageDataset, ImageDataset]:
     """Disjoint (base, canary pool) from one dataset: the canaries are records the base never holds."""
     if canaries < 2 or canaries + base_records > len(data):
         raise ValueError(f"need 2 <= canaries and canaries + base records <= {len(data)} records, got "
@@ -203,7 +205,8 @@ def summary_table(row: dict) -> str:
     """The terminal table: claimed, independently recomputed and empirical ε side by side."""
     recomputed = "∞" if row["recomputed_epsilon"] is None else f"{row['recomputed_epsilon']:.3f}"
     lines = [
-        "| claimed ε | recomputed ε (PLD) | empirical lower bound (95 %) | guesses right | MIA AUC | TPR @ 1 % FPR | seconds |",
+        "| claimed ε | recomputed ε (PLD) | empirical lower bound (95 %) | guesses right | MIA AUC | TPR @ 1 % FPR "
+        "| seconds |",
         "|---|---|---|---|---|---|---|",
         f"| {_show(row['claimed_epsilon'])} | {recomputed} | {row['empirical_epsilon_lower_bound']:.3f} | "
         f"{row['correct']}/{row['guesses']} | {row['mia_auc']:.3f} | {row['tpr_at_1pct_fpr']:.3f} | "

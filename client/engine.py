@@ -4,7 +4,8 @@
     for t in 1..T:  θ ← fresh draw
         for k in 1..K:
             for each class c:  B_c ← Poisson(D_c, q);  ĝ_c ← Σ clip(∇θ ℓ(B_c)) + N(0, σ²C²)   (only real-data path)
-                               repeat M times:  S ← S − η ∇_S Σ_c dist(ĝ_c, ∇θ ℓ(f_θ(aug(S_c))))   (same augmentation as the real batch)
+                               repeat M times:  S ← S − η ∇_S Σ_c dist(ĝ_c, ∇θ ℓ(f_θ(aug(S_c))))
+                                                (same augmentation as the real batch)
             θ ← θ − η_θ ∇θ ℓ(f_θ(S))   (S only: free)
 
 T·K Poisson-subsampled Gaussian releases compose (classes are disjoint within a step);
@@ -477,7 +478,8 @@ def _release(
     groups: Sequence[Sequence[int]],
     augmenter: Augmenter | None,
 ) -> list[torch.Tensor]:
-    """Every class's noised gradient, one tensor [classes, *p.shape] per parameter; class c's batch is its Poisson mask."""
+    """Every class's noised gradient, one tensor [classes, *p.shape] per parameter; class c's batch is its Poisson
+    mask."""
     parts = []
     for group in groups:
         picked = [masks[c].nonzero().squeeze(1) + offsets[c] for c in group]

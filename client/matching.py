@@ -19,7 +19,8 @@ UNITS = ("unit", "layer")
 
 
 def layer_distance(real: torch.Tensor, synthetic: torch.Tensor, batch_dims: int = 0, per: str = "unit") -> torch.Tensor:
-    """Σ over output units (or the one layer) of 1 − cos(real, synthetic); zero for 1-D parameters. Shape: the batch dims."""
+    """Σ over output units (or the one layer) of 1 − cos(real, synthetic); zero for 1-D parameters. Shape: the batch
+    dims."""
     if per not in UNITS:
         raise ValueError(f"unknown matching unit {per!r}; choose one of {', '.join(UNITS)}")
     lead = real.shape[:batch_dims]

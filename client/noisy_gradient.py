@@ -62,7 +62,8 @@ class NoisyClassGradients:
     @contextmanager
     def _hooks(self) -> Iterator[None]:
         self.module.enable_hooks()
-        for p in self.held_back:  # no gradient flows to what is not released (a classifier-only release skips the convs)
+        # no gradient flows to what is not released (a classifier-only release skips the convs)
+        for p in self.held_back:
             p.requires_grad_(False)
         try:
             yield
@@ -70,7 +71,8 @@ class NoisyClassGradients:
             self.module.disable_hooks()
             for p in self.held_back:
                 p.requires_grad_(True)
-            for p in self.trainable:  # nothing per-example outlives the release (nor unreleased ones computed on the way)
+            # nothing per-example outlives the release (nor unreleased ones computed on the way)
+            for p in self.trainable:
                 p.grad_sample = None
                 p.grad = None
 

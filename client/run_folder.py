@@ -55,7 +55,8 @@ class RunFolder:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise EngineError(f"{self.path} is in use by another fedsynth run; wait for it or choose another --out") from None
+                raise EngineError(f"{self.path} is in use by another fedsynth run; "
+                                  "wait for it or choose another --out") from None
             raise
         self._lock = fd
         return self

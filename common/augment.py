@@ -84,5 +84,6 @@ def per_example(views: Sequence[AugmentParams], counts: Sequence[int]) -> Augmen
     """One row per example: shared draw j repeated counts[j] times, so batches that share a pass keep their own view."""
     reps = torch.as_tensor(list(counts), dtype=torch.long)
     return AugmentParams(
-        **{f.name: torch.cat([getattr(v, f.name) for v in views]).repeat_interleave(reps, dim=0) for f in fields(AugmentParams)}
+        **{f.name: torch.cat([getattr(v, f.name) for v in views]).repeat_interleave(reps, dim=0)
+           for f in fields(AugmentParams)}
     )

@@ -28,8 +28,9 @@ from common.privacy.accounting import ACCOUNTANTS, Mechanism
 CLAIM_FORMAT = "fedsynth-claim/2"
 MAX_CLAIM_BYTES = 64 * 1024  # a real claim is about 2 KiB; checked before parsing
 MAX_CLASSES = 1000
-MAX_RELEASES = 10**7
-MAX_MAGNITUDE = 1e6  # ε, σ, C: anything larger is no privacy claim anyone means
+MAX_RELEASES = 10**6  # composed releases; with σ below MAX_NOISE_MULTIPLIER the RDP accountant answers in seconds
+MAX_NOISE_MULTIPLIER = 100.0
+MAX_MAGNITUDE = 1e6  # ε, C: anything larger is no privacy claim anyone means
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SCALAR = (str, int, float, bool, type(None))
 
@@ -99,7 +100,9 @@ class Claim:
         if len(text) > MAX_CLAIM_BYTES:
             raise ClaimError(f"claim: {len(text)} bytes, more than the limit of {MAX_CLAIM_BYTES}")
         try:
-            data = json.loads(text, parse_constant=_refuse_constant)
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")  # strictly: json.loads would guess UTF-16/32 from the bytes
+            data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
         except ClaimError:
             raise
         except (ValueError, RecursionError, UnicodeDecodeError) as err:  # JSONDecodeError, huge ints, deep nesting
@@ -132,6 +135,14 @@ class Claim:
             raise
         except (TypeError, ValueError, OverflowError) as err:
             raise ClaimError(f"claim: {err}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a repeated key, two parsers could read two claims."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ClaimError("claim: a key appears twice in one object")
+    return out
 
 
 def _refuse_constant(name: str) -> Any:
@@ -187,7 +198,7 @@ def _check(claim: Claim) -> None:
     _in_range(claim.delta, "delta", 0.0, 1.0, low_open=True)
     if claim.delta >= 1.0:
         raise ClaimError("claim: delta must lie in (0, 1)")
-    _in_range(claim.noise_multiplier, "noise_multiplier", 0.0, MAX_MAGNITUDE)
+    _in_range(claim.noise_multiplier, "noise_multiplier", 0.0, MAX_NOISE_MULTIPLIER)
     _in_range(claim.sample_rate, "sample_rate", 0.0, 1.0, low_open=True)
     _integer(claim.releases, "releases", 1, MAX_RELEASES)
     _in_range(claim.clip_norm, "clip_norm", 0.0, MAX_MAGNITUDE, low_open=True)

@@ -53,7 +53,8 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != torch.float32:
-            raise DataError(f"{self.name}: images must be float32 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise DataError(f"{self.name}: images must be float32 [N, C, H, W], "
+                            f"got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise DataError(f"{self.name}: {self.labels.shape[0]} labels for {self.images.shape[0]} images")
 

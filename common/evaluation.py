@@ -78,7 +78,8 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, test: ImageDataset, device: torch.device = torch.device("cpu"), batch: int = 1000) -> float:
+def accuracy(net: torch.nn.Module, test: ImageDataset, device: torch.device = torch.device("cpu"),
+             batch: int = 1000) -> float:
     """Fraction of `test` classified correctly."""
     net.eval()
     correct = 0
@@ -98,11 +99,13 @@ def evaluate_synthetic(
     progress: bool = True,
     weights: torch.Tensor | None = None,
 ) -> dict:
-    """Test accuracy mean ± std over `seeds` freshly trained networks (each image's loss scaled by `weights`, if given)."""
+    """Test accuracy mean ± std over `seeds` freshly trained networks (each image's loss scaled by `weights`, if
+    given)."""
     if seeds < 1:
         raise ValueError("need at least one seed")
     if images.shape[1:] != test.images.shape[1:]:
-        raise ValueError(f"synthetic images {tuple(images.shape[1:])} do not match test images {tuple(test.images.shape[1:])}")
+        raise ValueError(f"synthetic images {tuple(images.shape[1:])} do not match "
+                         f"test images {tuple(test.images.shape[1:])}")
     scores = []
     for seed in tqdm(range(seeds), desc="evaluating", unit="net", disable=not progress):
         net = train_classifier(images, labels, test.num_classes, config, seed, device, weights)

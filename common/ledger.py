@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -63,6 +64,15 @@ def _json_epsilon(value: float) -> float | None:
 
 def _from_json_epsilon(value: float | None) -> float:
     return math.inf if value is None else float(value)
+
+
+def _line(entry: dict[str, Any]) -> bytes:
+    """An entry as the one line it is written as: sorted keys, ASCII, newline."""
+    return (json.dumps(entry, sort_keys=True) + "\n").encode()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _is_number(value: Any) -> bool:
@@ -221,13 +231,24 @@ class Ledger:
     def entries(self) -> list[dict[str, Any]]:
         """All entries, verified: each parses, fits the schema, counts up from 0, chains to the hash before it and,
         when the site's key is known, is signed by it."""
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
-            raise LedgerError(f"no ledger at {self.path}") from None
-        with handle:
+        fd = self._open_regular(os.O_RDONLY)
+        with os.fdopen(fd, "rb") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # never read half of an append
             return self._parse(handle.read())
+
+    def _open_regular(self, flags: int) -> int:
+        """Open the ledger without blocking on a FIFO or device; anything but a regular file is refused."""
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise LedgerError(f"no ledger at {self.path}") from None
+        except OSError as err:
+            raise LedgerError(f"{self.path}: cannot open the ledger ({err.strerror or err})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LedgerError(f"{self.path} is not a regular file: a ledger is one")
+        os.set_blocking(fd, True)
+        return fd
 
     def _parse(self, raw: bytes) -> list[dict[str, Any]]:
         if not raw:
@@ -237,12 +258,14 @@ class Ledger:
         public_key = self.signer.public_key() if self.signer is not None else None
         entries: list[dict[str, Any]] = []
         previous = GENESIS
-        for number, line in enumerate(raw.splitlines()):
+        for number, line in enumerate(raw.split(b"\n")[:-1]):  # "\n" only: a "\r" is an edit
             try:
-                entry = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-                raise LedgerCorruptError(f"{self.path}: entry {number} does not parse ({err})") from err
-            problem = _schema_problem(entry, number)
+                entry = json.loads(line, parse_constant=_refuse_constant)
+                problem = _schema_problem(entry, number)
+            except (ValueError, RecursionError, OverflowError) as err:  # bad JSON, NaN, huge numbers
+                raise LedgerCorruptError(f"{self.path}: entry {number} does not parse ({type(err).__name__})") from None
+            if problem is None and line != _line(entry).rstrip(b"\n"):  # duplicate keys, CRLF, edited spacing
+                problem = "is not in the form it was written in (edited by hand?)"
             if problem is not None:
                 raise LedgerCorruptError(f"{self.path}: entry {number} {problem}")
             if entry["seq"] != number:
@@ -356,10 +379,7 @@ class Ledger:
     def _locked(self) -> Iterator[list[dict[str, Any]]]:
         """Exclusive lock over read-verify-append, so concurrent runs at one site cannot both pass the check.
         Never creates the file: only `open` does, atomically with its header."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            raise LedgerError(f"no ledger at {self.path}") from None
+        fd = self._open_regular(os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "rb") as handle:
@@ -394,7 +414,7 @@ class Ledger:
 
     def _append(self, entries: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
         entry = self._seal(entries, body)
-        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        line = _line(entry)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             if os.write(fd, line) != len(line):  # a full disk: the reader will refuse the cut line

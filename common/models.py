@@ -57,7 +57,8 @@ class ConvNet(nn.Module):
             in_ch = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
-        self.config = dict(channels=channels, num_classes=num_classes, image_size=image_size, width=width, depth=depth, norm=norm)
+        self.config = dict(channels=channels, num_classes=num_classes, image_size=image_size, width=width, depth=depth,
+                           norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))

@@ -48,9 +48,9 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, classes: list[st
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8, parse_math=False)  # names are data
     if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.05 / fig_h, va="top")
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 / fig_h, va="top", parse_math=False)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
@@ -72,7 +72,7 @@ def save_epsilon_over_time(series: dict[str, list[tuple[int, float]]], budgets: 
         if not points:
             continue
         xs, ys = zip(*points)
-        line, = ax.plot((0,) + xs, (0.0,) + ys, marker="o", label=site)
+        line, = ax.plot((0,) + xs, (0.0,) + ys, marker="o", label=site.replace("$", r"\$"))  # a name, not TeX
         budget = budgets.get(site)
         if budget is not None and budget != float("inf"):
             ax.axhline(budget, color=line.get_color(), linestyle=":", linewidth=1)
@@ -108,7 +108,7 @@ def save_canary_scores(scores: list[float], membership: list[bool], guesses_per_
         ax.axvline(ranked[-guesses_per_side], color="k", linestyle=":", linewidth=1, label="guess 'out' below")
     ax.set_xlabel("score: own-label nearest synthetic image is this much nearer than any other label's")
     ax.set_ylabel("canaries")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, parse_math=False)
     ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

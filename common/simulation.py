@@ -76,7 +76,8 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     flwr_home.mkdir(parents=True, exist_ok=True)
     http, control, fleet = free_port(), free_port(), free_port()
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{http}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{http}"\ninsecure = true\n'
     )
     env = _env(flwr_home)
     log = flwr_home / "superlink.log"
@@ -186,5 +187,7 @@ def write_app_variant(folder: Path, serverapp: str | None = None, clientapp: str
                 raise RuntimeError(f"pyproject.toml no longer names {old}")
             pyproject = pyproject.replace(old, f'"{new}"')
     pyproject = pyproject.replace("[tool.flwr.app.config]\n", "[tool.flwr.app.config]\n" + extra_config)
+    # the copy holds only the app's packages: Flower refuses exclude patterns that match nothing
+    pyproject = "\n".join(line for line in pyproject.splitlines() if not line.startswith("fab-exclude")) + "\n"
     (app / "pyproject.toml").write_text(pyproject)
     return app

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from common.claim import Claim, ClaimError
 from common.errors import FedsynthError, one_line
+from common.files import read_regular_file
 
 SET_FILE, CLAIM_FILE, PICTURE_FILE = "synthetic.safetensors", "claim.json", "synthetic.png"
 
@@ -138,7 +140,11 @@ def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, pict
     if picture:
         from common.plots import save_image_grid
 
-        save_image_grid(images, labels, synthetic.classes, out / PICTURE_FILE, title=_picture_title(synthetic.claim))
+        try:  # the set may already be released: a picture that cannot be drawn must not fail the run
+            save_image_grid(images, labels, synthetic.classes, out / PICTURE_FILE,
+                            title=_picture_title(synthetic.claim))
+        except Exception as err:  # noqa: BLE001 - the picture is for people; the set and claim are written
+            print(f"fedsynth: could not draw {out / PICTURE_FILE} ({one_line(err, 200)})", file=sys.stderr)
     return out
 
 
@@ -152,7 +158,8 @@ def _picture_title(claim: Claim | None) -> str:
 def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
     """Why `weights` cannot weigh the images of `labels` in training (None when they can)."""
     if weights.shape != labels.shape or not weights.is_floating_point():
-        return f"weights must be one float per image ({tuple(labels.shape)}), got {weights.dtype} {tuple(weights.shape)}"
+        return (f"weights must be one float per image ({tuple(labels.shape)}), "
+                f"got {weights.dtype} {tuple(weights.shape)}")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
         return "weights must be finite and non-negative"
     return None
@@ -175,7 +182,8 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
     except (SafetensorError, OSError, ValueError) as err:
         raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
     if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights"}:
-        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', found {sorted(tensors)[:5]}")
+        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', "
+                       f"found {sorted(tensors)[:5]}")
     weights = tensors.get("weights")
     if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
         raise SetError(f"{file}: {problem}")
@@ -183,7 +191,7 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
     claim = None
     if claim_file.is_file():
         try:
-            claim = Claim.from_json(claim_file.read_bytes())
+            claim = Claim.from_json(read_regular_file(claim_file, 1 << 20))
         except (ClaimError, OSError):
             claim = None
     return SyntheticSet(tensors["images"], tensors["labels"], claim, weights)

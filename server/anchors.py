@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FedsynthError
+from common.files import read_regular_file
 
 ANCHORS_FORMAT = "fedsynth-anchors/1"
 
@@ -33,11 +34,11 @@ class LedgerAnchors:
         self.sites: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
-                data = json.loads(self.path.read_text())
+                data = json.loads(read_regular_file(self.path, 64 * 2**20))
                 if data.get("format") != ANCHORS_FORMAT or not isinstance(data.get("sites"), dict):
                     raise ValueError("format")
                 self.sites = data["sites"]
-            except (OSError, ValueError, AttributeError) as err:
+            except (OSError, ValueError, AttributeError, TypeError) as err:
                 raise AnchorsError(f"{self.path}: the ledger anchors file is damaged ({type(err).__name__}); "
                                    "restore it from a backup: without it, rolled-back ledgers go unnoticed") from None
 

@@ -22,7 +22,8 @@ import torch
 from common.claim import Claim
 
 WEIGHTINGS = ("auto", "matched", "signal", "uniform")
-AUTO_MIN_RUN_SNR = 1.0  # `auto` weighs when the median (site, class) cell's run carried at least as much signal as noise
+# `auto` weighs when the median (site, class) cell's run carried at least as much signal as noise
+AUTO_MIN_RUN_SNR = 1.0
 _NO_NOISE = 1e-12  # a site that added no noise: its releases' noise norm, kept above 0
 
 

@@ -57,7 +57,8 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
         pool["weights"] = pool_weights.float().contiguous()
     save_file(pool, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
-        keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS] for c in range(len(classes))])
+        keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS]
+                          for c in range(len(classes))])
         shown = "" if len(keep) == len(pool_labels) else f" (first {POOL_PICTURE_PER_CLASS} of each class)"
         save_image_grid(pool_images[keep], pool_labels[keep], classes, out / "synthetic_pool.png",
                         title=f"pooled synthetic set, {len(pool_labels)} images{shown}")

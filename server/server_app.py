@@ -76,7 +76,8 @@ def main(grid: Grid, context: Context) -> None:
     request = ConfigRecord({**{k: v for k, v in cfg.items() if k not in SERVER_ONLY}, "run-id": run_id, "nonce": nonce})
     messages = [Message(RecordDict({"request": request}), dst_node_id=node, message_type=MessageType.TRAIN)
                 for node in nodes]
-    print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})", flush=True)
+    print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})",
+          flush=True)
 
     policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
                           max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]))

@@ -26,6 +26,7 @@ class UploadPolicy:
     max_ipc: int
     max_epsilon: float
     max_delta: float = 1e-5
+    accountants: tuple[str, ...] = ("rdp",)  # recomputed in seconds for any claim; PRV can take minutes
 
     @property
     def max_images(self) -> int:
@@ -65,6 +66,8 @@ def check_upload(
         return Verdict.reject("signature: does not verify against the site's registered key for this run and nonce")
     if claim.sha256 != content_hash(upload.images, upload.labels):
         return Verdict.reject("signature: images or labels differ from the signed content hash")
+    if claim.accountant not in policy.accountants:
+        return Verdict.reject(f"policy: this server recomputes ε with {', '.join(policy.accountants)} only")
     if claim.delta > policy.max_delta:
         return Verdict.reject(f"policy: δ={claim.delta:g} above the server's limit {policy.max_delta:g}")
     try:
@@ -73,7 +76,8 @@ def check_upload(
         return Verdict.reject(f"claim: mechanism parameters invalid ({type(err).__name__})")
     claimed = claim.epsilon
     if not (math.isclose(claimed, recomputed, rel_tol=1e-6) or (math.isinf(claimed) and math.isinf(recomputed))):
-        return Verdict.reject(f"claim: ε={claimed:.6g} does not match ε={recomputed:.6g} recomputed from (σ, q, releases, δ)")
+        return Verdict.reject(f"claim: ε={claimed:.6g} does not match ε={recomputed:.6g} "
+                              "recomputed from (σ, q, releases, δ)")
     if recomputed > policy.max_epsilon:
         return Verdict.reject(f"policy: ε={recomputed:.4g} above the server's limit {policy.max_epsilon:.4g}")
     return Verdict(True, "accepted", recomputed)

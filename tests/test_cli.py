@@ -15,8 +15,8 @@ REQUIRED_CLAIM = {"epsilon", "delta", "noise_multiplier", "sample_rate", "releas
 
 def fedsynth(*args, home):
     env = {**os.environ, "FEDSYNTH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "client.cli", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "client.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
 
 
 @pytest.mark.slow
@@ -27,7 +27,8 @@ def test_distill_then_evaluate_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr
     tensors = load_file(str(out / "synthetic.safetensors"))
     assert tensors["images"].dtype == torch.float32 and tensors["images"].shape == (20, 1, 28, 28)
-    assert tensors["labels"].dtype == torch.int64 and tensors["labels"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert (tensors["labels"].dtype == torch.int64
+            and tensors["labels"].tolist() == [c for c in range(10) for _ in range(2)])
     assert 0.0 <= tensors["images"].min() and tensors["images"].max() <= 1.0
     claim = json.loads((out / "claim.json").read_text())
     assert REQUIRED_CLAIM <= set(claim) and claim["epsilon"] <= 4 and claim["releases"] == 4 and claim["seed"] == 3
@@ -35,8 +36,8 @@ def test_distill_then_evaluate_end_to_end(tmp_path):
     ledger = (tmp_path / "home" / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(line)["kind"] for line in ledger] == ["open", "spend", "release"]
 
-    evaluation = fedsynth("evaluate", out / "synthetic.safetensors", "--dataset", "mnist5k", "--epochs", 3, "--width", 16,
-                          "--json", tmp_path / "eval.json", home=tmp_path / "home")
+    evaluation = fedsynth("evaluate", out / "synthetic.safetensors", "--dataset", "mnist5k", "--epochs", 3,
+                          "--width", 16, "--json", tmp_path / "eval.json", home=tmp_path / "home")
     assert evaluation.returncode == 0, evaluation.stderr
     result = json.loads((tmp_path / "eval.json").read_text())
     assert len(result["accuracies"]) == 3 and 0.0 <= result["accuracy_mean"] <= 1.0
@@ -62,7 +63,8 @@ def test_evaluate_trains_a_pool_file_as_the_server_did_unless_told_uniform(tmp_p
 
 def test_bad_input_is_a_clear_error_with_nonzero_exit(tmp_path):
     run = fedsynth("distill", "--dataset", "mnist5k", "--epsilon", 0, "--out", tmp_path / "x", home=tmp_path / "home")
-    assert run.returncode == 2 and "epsilon must be a number in (0.0, inf]" in run.stderr and "Traceback" not in run.stderr
+    assert (run.returncode == 2 and "epsilon must be a number in (0.0, inf]" in run.stderr
+            and "Traceback" not in run.stderr)
     run = fedsynth("distill", "--data-dir", tmp_path / "missing", "--out", tmp_path / "x", home=tmp_path / "home")
     assert run.returncode == 2 and "does not exist" in run.stderr
     assert not (tmp_path / "x").exists()
@@ -82,6 +84,9 @@ def _refusals(tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
     (tmp_path / "empty.jsonl").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "privacy_report.json").write_text('{"sites": {"a": 1}, "config": []}')
     return [
         (d + ["--clip-norm", "nan"], "--clip-norm"),
         (d + ["--clip-norm", "inf"], "clip_norm must be a finite number"),
@@ -102,12 +107,16 @@ def _refusals(tmp_path):
         (["evaluate", tmp_path / "garbage.safetensors", "--dataset", "mnist5k"], "not a readable safetensors"),
         (["evaluate", tmp_path / "nowhere", "--dataset", "mnist5k"], "no synthetic set"),
         (["audit", tmp_path / "nowhere.jsonl"], "does not exist"),
+        (["audit", tmp_path / "fifo.jsonl"], "not a regular file"),
+        (["audit", tmp_path / "report"], "not a fedsynth privacy report"),
+        (d + ["--ledger", tmp_path / "fifo.jsonl"], "not a regular file"),
         (d + ["--limit", "0"], "must be at least 1"),
         (d + ["--limit", "-5"], "must be at least 1"),
         (d + ["--epsilon", "nan"], "--epsilon"),
     ]
 
 
+@pytest.mark.timeout(300)
 def test_every_refusal_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     from client.cli import main
 

@@ -89,12 +89,14 @@ def test_round_over_tls_with_authenticated_sites(federation):
     assert not sites["site-4"]["accepted"] and "budget exhausted" in sites["site-4"]["reason"]
     assert json.loads((out / "metrics.json").read_text())["sites_accepted"] == 2
 
-    # a later round (both rounds fit in the default site budget of ε=10): site-1 replays its signed reply from round 1 and is caught
+    # a later round (both rounds fit in the default site budget of ε=10): site-1 replays its signed reply from
+    # round 1 and is caught
     out2 = federation["tmp"] / "round-2"
     assert _submit(federation, out2, "expected-sites=5 min-sites=1") == 0
     sites = _by_site(out2)
     assert sites["site-0"]["accepted"]
-    assert not sites["site-1"]["accepted"] and sites["site-1"]["reason"].startswith("replay: signed for another run"), sites
+    assert (not sites["site-1"]["accepted"]
+            and sites["site-1"]["reason"].startswith("replay: signed for another run")), sites
 
 
 def _wait_exit(process: subprocess.Popen, timeout: float) -> int | None:
@@ -131,7 +133,8 @@ def test_supernode_and_cli_without_the_ca_cannot_connect(federation, tmp_path):
     finally:
         stop_process_group(node)
     assert code not in (None, 0)
-    assert re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", log.read_text(), re.I), log.read_text()[-2000:]
+    assert re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", log.read_text(), re.I), \
+        log.read_text()[-2000:]
 
     home = tmp_path / "cli-home"
     write_connection(home, link.port, stranger / "ca" / "ca.crt")

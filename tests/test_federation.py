@@ -56,8 +56,9 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     before = _leftovers()
 
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 output-dir="{out}" '
-                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{home}" anchors-file="{tmp_path / "anchors.json"}"',
+    rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 '
+                        f'output-dir="{out}" keys-dir="{tmp_path / "keys"}" sites-dir="{home}" '
+                        f'anchors-file="{tmp_path / "anchors.json"}"',
                         timeout=900)
     assert rc == 0
     for name in ARTIFACTS:
@@ -95,7 +96,8 @@ def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
     rc = run_simulation(ROOT, 2, TINY + f' {setting} expected-sites=2 output-dir="{out}" '
-                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"',
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
+                        f'anchors-file="{tmp_path / "a.json"}"',
                         timeout=600)
     assert rc != 0  # the wrapper reports the failed run, although `flwr run --stream` itself exits 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -113,8 +115,9 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     # site-1 answers only after 300 s, the server waits 150 s; one CPU per site so that two run at once
     # (the late site holds one worker, the others use the other)
     late = TINY.replace("timeout=600", "timeout=150") + " hang-partition=1 hang-seconds=300"
-    rc = run_simulation(app, 4, late + f' min-sites=2 expected-sites=4 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
-                        f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"', timeout=900,
+    rc = run_simulation(app, 4, late + f' min-sites=2 expected-sites=4 output-dir="{out}" '
+                        f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
+                        f'anchors-file="{tmp_path / "a.json"}"', timeout=900,
                         federation_config="client-resources-num-cpus=1")
     assert rc == 0 and time.monotonic() - started < 850
     metrics = json.loads((out / "metrics.json").read_text())

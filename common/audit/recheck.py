@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.privacy.accounting import ACCOUNTANTS, Mechanism, epsilon_of_history
+from common.files import read_regular_file
 from common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
 
 # Opacus PRV and dp-accounting PLD are both numerical upper bounds; a valid claim may sit a
@@ -51,10 +52,24 @@ def recompute(mechanisms: list[Mechanism], delta: float) -> dict[str, float]:
         return _recompute(mechanisms, delta)
 
 
-def _recompute(mechanisms: list[Mechanism], delta: float) -> dict[str, float]:
+# what a fedsynth claim may hold (common/claim.py); outside it a spend is a failure, not minutes of accounting
+MAX_NOISE_MULTIPLIER, MAX_STEPS = 100.0, 10**6
+PRV_MAX_NOISE_MULTIPLIER = 10.0  # Opacus PRV takes minutes for large σ over many steps; it is reported beside the rest
+
+
+def outside_envelope(mechanism: Mechanism) -> str | None:
+    """Why the audit will not recompute `mechanism` (None when it will)."""
+    if mechanism.noise_multiplier > MAX_NOISE_MULTIPLIER or mechanism.steps > MAX_STEPS:
+        return (f"mechanism σ={mechanism.noise_multiplier:.4g}, steps={mechanism.steps} lies outside what a claim may "
+                f"hold (σ ≤ {MAX_NOISE_MULTIPLIER:g}, steps ≤ {MAX_STEPS:,})")
+    return None
+
+
+def _recompute(mechanisms: list[Mechanism], delta: float) -> dict[str, float | None]:
+    prv = all(m.noise_multiplier <= PRV_MAX_NOISE_MULTIPLIER for m in mechanisms)
     return {"pld": pld_epsilon(mechanisms, delta), "dp_accounting_rdp": dpa_rdp_epsilon(mechanisms, delta),
             "opacus_rdp": epsilon_of_history(mechanisms, delta, "rdp"),
-            "opacus_prv": epsilon_of_history(mechanisms, delta, "prv")}
+            "opacus_prv": epsilon_of_history(mechanisms, delta, "prv") if prv else None}
 
 
 @dataclass
@@ -175,21 +190,24 @@ def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[di
     """Parse a ledger line by line and report every integrity problem with its position
     (line number and recorded seq): changed, removed, re-ordered, malformed or unsigned entries."""
     problems, entries = [], []
-    raw = path.read_bytes()
+    raw = read_regular_file(path)
     if not raw:
         problems.append("empty ledger file: no header entry (a ledger is created with its header, so it was cut)")
     elif not raw.endswith(b"\n"):
         problems.append("last line is incomplete (the file was cut or edited)")
     previous, expected_seq, signed, verified = GENESIS, 0, 0, 0
-    for line_no, line in enumerate(raw.splitlines(), start=1):
+    lines = raw.split(b"\n")
+    for line_no, line in enumerate(lines[:-1] if raw.endswith(b"\n") else lines, start=1):
         try:
             entry = json.loads(line)
             assert isinstance(entry, dict)
-        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError):
+            why = malformed(entry, line_no - 1)
+        except (ValueError, RecursionError, OverflowError, AssertionError):  # also NaN or huge numbers
             problems.append(f"line {line_no}: not a JSON entry")
             continue
         seq = entry.get("seq")
-        why = malformed(entry, line_no - 1)
+        if why is None and line != json.dumps(entry, sort_keys=True).encode():  # duplicate keys, CRLF, re-spacing
+            why = "not in the form it was written in (edited by hand?)"
         if why is not None:
             problems.append(f"line {line_no} (seq {seq!r}): malformed entry: {why}")
         if type(seq) is not int or seq != expected_seq:
@@ -206,7 +224,8 @@ def read_chain(path: Path, public_key: Ed25519PublicKey | None) -> tuple[list[di
                 public_key.verify(bytes.fromhex(str(entry.get("signature", ""))), str(entry.get("hash")).encode())
                 verified += 1
             except (InvalidSignature, ValueError):
-                problems.append(f"line {line_no} (seq {seq}): signature {'missing' if 'signature' not in entry else 'invalid'}")
+                problems.append(f"line {line_no} (seq {seq}): "
+                                f"signature {'missing' if 'signature' not in entry else 'invalid'}")
         previous = entry.get("hash")
         expected_seq = (seq if type(seq) is int else expected_seq) + 1
         entries.append(entry)
@@ -261,25 +280,30 @@ def audit_ledger(path: Path, public_key: Ed25519PublicKey | None = None, site: s
         try:
             mechanism = Mechanism(**entry["mechanism"])
             delta = float(entry["delta"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             result.problems.append(f"seq {entry.get('seq')}: mechanism unreadable ({err})")
             continue
+        if (outside := outside_envelope(mechanism)) is not None:
+            result.problems.append(f"seq {entry.get('seq')}: {outside}")
+            return result
         history.append(mechanism)
         check = ReleaseCheck(entry.get("seq"), str(entry.get("run_id")), entry.get("time"), entry["mechanism"], delta,
                              entry.get("accountant"), _inf(entry.get("epsilon")), recompute([mechanism], delta))
         check.site_epsilon_after = pld_epsilon(history, result.delta)
         check.holds = _holds(check.claimed_epsilon, check.recomputed["pld"])
         if not check.holds:
-            result.problems.append(f"seq {check.seq} (run {check.run_id}): claimed ε={check.claimed_epsilon:.6g} is below "
-                                   f"ε={check.recomputed['pld']:.6g} recomputed by the PLD accountant")
+            result.problems.append(f"seq {check.seq} (run {check.run_id}): claimed ε={check.claimed_epsilon:.6g} "
+                                   f"is below ε={check.recomputed['pld']:.6g} recomputed by the PLD accountant")
         result.releases.append(check)
         result.claimed_total = _inf(entry.get("site_epsilon_after"))
     result.recomputed_total = recompute(history, result.delta)
     total = result.recomputed_total["pld"]
     if result.claimed_total is not None and not _holds(result.claimed_total, total):
-        result.problems.append(f"site total: ledger says ε={result.claimed_total:.6g}, PLD composition gives ε={total:.6g}")
+        result.problems.append(f"site total: ledger says ε={result.claimed_total:.6g}, "
+                               f"PLD composition gives ε={total:.6g}")
     if total > result.budget_epsilon * (1 + RELATIVE_TOLERANCE):
-        result.problems.append(f"over budget: composed ε={total:.6g} exceeds the site budget ε={result.budget_epsilon:.6g}")
+        result.problems.append(f"over budget: composed ε={total:.6g} exceeds the site budget "
+                               f"ε={result.budget_epsilon:.6g}")
     result.remaining_epsilon = max(0.0, result.budget_epsilon - total)
     return result
 
@@ -289,7 +313,7 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the server's rule: a site nam
 
 def read_anchors(path: Path) -> dict[str, tuple[int, str]]:
     """The server's ledger anchors (`server/anchors.py`'s file) as site name → (seq, head), read independently."""
-    data = json.loads(path.read_text())
+    data = json.loads(read_regular_file(path, 64 * 2**20))
     out: dict[str, tuple[int, str]] = {}
     for entry in (data.get("sites") or {}).values():
         site, seq, head = entry.get("site"), entry.get("seq"), entry.get("head")
@@ -307,8 +331,11 @@ def audit_run_dir(folder: Path, anchors_file: Path | None = None) -> tuple[list[
     report_path = folder / "privacy_report.json"
     if not report_path.exists():
         raise FileNotFoundError(f"{folder} holds no privacy_report.json: not a fedsynth server output folder")
-    report = json.loads(report_path.read_text())
-    config = report.get("config", {}) if isinstance(report, dict) else {}
+    report = json.loads(read_regular_file(report_path, 64 * 2**20))
+    if not isinstance(report, dict) or not isinstance(report.get("config", {}), dict) \
+            or not isinstance(report.get("sites", []), list):
+        raise ValueError(f"{report_path} is not a fedsynth privacy report (config must be an object, sites a list)")
+    config = report.get("config", {})
     keys_dir = Path(str(config.get("keys-dir", folder / "keys")))
     sites_dir = Path(str(config["sites-dir"])) if config.get("sites-dir") else None
     anchors_path = anchors_file or (Path(str(config["anchors-file"])) if config.get("anchors-file") else None)
@@ -337,6 +364,8 @@ def audit_run_dir(folder: Path, anchors_file: Path | None = None) -> tuple[list[
             mechanism = Mechanism(float(row["noise_multiplier"]), float(row["sample_rate"]), int(row["releases"]),
                                   float(row["clip_norm"]))
             delta = float(row["delta"])
+            if (outside := outside_envelope(mechanism)) is not None:
+                raise ValueError(outside)
             upload = ReleaseCheck(None, "upload", None, mechanism.to_dict(), delta, row.get("accountant"),
                                   _inf(row.get("epsilon")), recompute([mechanism], delta))
         except (KeyError, TypeError, ValueError, OverflowError) as err:
@@ -345,7 +374,8 @@ def audit_run_dir(folder: Path, anchors_file: Path | None = None) -> tuple[list[
             continue
         upload.holds = _holds(upload.claimed_epsilon, upload.recomputed["pld"])
         if not upload.holds:
-            audit.problems.append(f"upload claim ε={upload.claimed_epsilon:.6g} is below PLD ε={upload.recomputed['pld']:.6g}")
+            audit.problems.append(f"upload claim ε={upload.claimed_epsilon:.6g} is below "
+                                  f"PLD ε={upload.recomputed['pld']:.6g}")
         if not audit.releases:
             audit.releases.append(upload)
         audits.append(audit)

@@ -20,7 +20,8 @@ def _fmt(value: float | None) -> str:
 
 def release_table(audits: list[SiteAudit]) -> str:
     """Markdown table: claimed vs recomputed ε per release, per site."""
-    lines = ["| site | release | σ | q | steps | δ | claimed ε | PLD ε | dp-acc RDP ε | Opacus RDP ε | Opacus PRV ε | holds |",
+    lines = ["| site | release | σ | q | steps | δ | claimed ε | PLD ε | dp-acc RDP ε | Opacus RDP ε | Opacus PRV ε "
+             "| holds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for audit in audits:
         for r in audit.releases:
@@ -36,7 +37,8 @@ def site_table(audits: list[SiteAudit]) -> str:
     lines = ["| site | releases | claimed total ε | PLD total ε | budget ε | remaining ε | signatures | result |",
              "|---|---|---|---|---|---|---|---|"]
     for a in audits:
-        lines.append(f"| {a.site} | {len(a.releases)} | {_fmt(a.claimed_total)} | {_fmt(a.recomputed_total.get('pld'))} | "
+        lines.append(f"| {a.site} | {len(a.releases)} | {_fmt(a.claimed_total)} "
+                     f"| {_fmt(a.recomputed_total.get('pld'))} | "
                      f"{_fmt(a.budget_epsilon)} | {_fmt(a.remaining_epsilon)} | {a.signatures} | "
                      f"{'ok' if a.ok else 'FAIL: ' + '; '.join(a.problems)} |")
     return "\n".join(lines) + "\n"
@@ -50,7 +52,8 @@ def write_report(audits: list[SiteAudit], problems: list[str], folder: Path, sou
     series = {a.site: [(i + 1, r.site_epsilon_after) for i, r in enumerate(a.releases)
                        if r.site_epsilon_after is not None] for a in audits}
     save_epsilon_over_time(series, {a.site: a.budget_epsilon for a in audits}, folder / "epsilon_over_time.png")
-    verdict = "**every claim holds**" if payload["ok"] else "**FAILED**:\n\n" + "\n".join(f"- {f}" for f in payload["failures"])
+    verdict = ("**every claim holds**" if payload["ok"]
+               else "**FAILED**:\n\n" + "\n".join(f"- {f}" for f in payload["failures"]))
     (folder / "audit.md").write_text(
         f"# Privacy audit of `{source}`\n\nResult: {verdict}\n\n"
         "Reference: Google dp-accounting's PLD accountant, independent of the Opacus accountants that made the "

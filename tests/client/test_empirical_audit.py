@@ -81,7 +81,8 @@ def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
     row = json.loads(out.read_text())
     assert {"claimed_epsilon", "empirical_epsilon_lower_bound", "mia_auc", "tpr_at_1pct_fpr"} <= set(row)
     # Opacus RDP claims, the PLD recomputation is tighter: a little below the claim, never above it
-    assert row["claimed_epsilon"] <= 2 and 0.8 * row["claimed_epsilon"] <= row["recomputed_epsilon"] <= row["claimed_epsilon"]
+    assert (row["claimed_epsilon"] <= 2
+            and 0.8 * row["claimed_epsilon"] <= row["recomputed_epsilon"] <= row["claimed_epsilon"])
     assert row["canaries"] == 60 and row["base_records"] == 100 and row["guesses"] == 12
     assert row["seed"] == 0 and "opacus" in row["versions"] and row["config"]["epsilon"] == 2
     assert (tmp_path / "r" / "canary_scores.png").read_bytes()[:4] == b"\x89PNG"
@@ -94,7 +95,10 @@ def test_canaries_never_overlap_the_base_records():
 
     data = load_mnist5k(train=False)
     base, pool = split_canary_pool(data, 100, 300, seed=4)
-    flat = lambda d: {tuple(row.tolist()) for row in (d.images.flatten(1) * 255).round().to(torch.uint8)}
+
+    def flat(d):
+        return {tuple(row.tolist()) for row in (d.images.flatten(1) * 255).round().to(torch.uint8)}
+
     assert len(base) == 300 and len(pool) == 100 and not flat(base) & flat(pool)
     with pytest.raises(ValueError, match="canaries"):
         split_canary_pool(data, 400, len(data), seed=0)

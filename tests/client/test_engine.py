@@ -155,7 +155,8 @@ def test_crash_and_resume_keep_the_spend_and_reproduce_the_run(tiny_mnist, tmp_p
             raise Crash
 
     with pytest.raises(Crash):
-        distill(tiny_mnist, config, ledger, tmp_path / "run", device="cpu", secret_seed=7, progress=False, on_iteration=crash_at_2)
+        distill(tiny_mnist, config, ledger, tmp_path / "run", device="cpu", secret_seed=7, progress=False,
+                on_iteration=crash_at_2)
     spends = [e for e in ledger.entries() if e["kind"] == "spend"]
     assert len(spends) == 1 and not ledger.released(spends[0]["run_id"])
     spent = ledger.spent_epsilon()
@@ -238,7 +239,8 @@ def test_no_noise_run_is_unbounded_and_needs_an_unbounded_budget(tiny_mnist, tmp
     assert math.isinf(claim.epsilon) and claim.noise_multiplier == 0.0
     assert json.loads(claim.to_json())["epsilon"] is None  # strict JSON, as it is signed and sent (∞ is null)
     with pytest.raises(BudgetExceededError):
-        _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10), epsilon=math.inf)
+        _run(tiny_mnist, tmp_path, "b", ledger=Ledger.open(tmp_path / "finite.jsonl", budget_epsilon=10),
+             epsilon=math.inf)
 
 
 def test_federated_site_distils_sparse_and_missing_classes_from_noise(tiny_mnist, tmp_path):
@@ -351,3 +353,10 @@ def test_a_second_release_of_a_run_is_refused(tiny_mnist, tmp_path):
     ledger = Ledger.open(tmp_path / "ledger.jsonl")
     with pytest.raises(LedgerError, match="already released"):
         ledger.record_release(result.run_id, result.synthetic.claim.sha256)
+
+
+def test_class_names_that_look_like_tex_still_give_a_picture_and_never_fail_a_released_run(tiny_mnist, tmp_path):
+    names = ["$\\nosuchcmd$"] + list(tiny_mnist.classes[1:])
+    data = ImageDataset(tiny_mnist.images, tiny_mnist.labels, names, "tex-names")
+    result = _run(data, tmp_path, noise_multiplier=1.0)
+    assert (result.out_dir / "synthetic.png").exists() and result.synthetic.claim.classes[0] == names[0]

@@ -1,4 +1,5 @@
-"""Clipping bound, class routing and noise scale of the one real-data path, against an independent per-example computation."""
+"""Clipping bound, class routing and noise scale of the one real-data path, against an independent per-example
+computation."""
 
 import pytest
 import torch

@@ -35,7 +35,8 @@ def test_checkpoints_write_only_new_releases_and_load_them_back_in_order(tmp_pat
     store.save(tmp_path, 1)
     _add(store, 2)
     store.save(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["releases-00000001.safetensors", "releases-00000002.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["releases-00000001.safetensors",
+                                                          "releases-00000002.safetensors"]
     loaded = ReleaseStore.load(tmp_path, 2, NAMES, torch.device("cpu"))
     assert len(loaded) == 3 and _same(loaded, store)
 

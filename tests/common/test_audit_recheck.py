@@ -124,9 +124,11 @@ def test_cli_exit_status_json_and_report(tmp_path):
     pub = tmp_path / "site.pub"
     from cryptography.hazmat.primitives import serialization
 
-    pub.write_bytes(KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
     out = tmp_path / "audit.json"
-    assert main(["audit", str(path), "--public-key", str(pub), "--json", str(out), "--report", str(tmp_path / "r")]) == 0
+    assert main(["audit", str(path), "--public-key", str(pub), "--json", str(out),
+                 "--report", str(tmp_path / "r")]) == 0
     result = json.loads(out.read_text())
     assert result["ok"] and result["sites"][0]["releases"][0]["recomputed"]["pld"] > 0
     assert (tmp_path / "r" / "epsilon_over_time.png").stat().st_size > 1000

@@ -66,3 +66,14 @@ def test_the_type_checks_values_built_in_code_too():
     with pytest.raises(ClaimError, match="clip_norm must be finite"):
         dataclasses.replace(_claim(), clip_norm=math.nan)
     assert _claim().format == CLAIM_FORMAT
+
+
+@pytest.mark.parametrize("text,says", [
+    ('{"format": "x", ' + _json()[1:], "a key appears twice"),  # a hidden first value another parser would read
+    (_json().encode("utf-16"), "not strict JSON"),
+    (_json(noise_multiplier=1000.0), "noise_multiplier must lie in"),
+    (_json(releases=10**7), "releases must lie in"),
+])
+def test_claims_that_two_parsers_could_read_differently_or_that_take_minutes_to_recompute_are_refused(text, says):
+    with pytest.raises(ClaimError, match=says):
+        Claim.from_json(text)

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from common import data
-from common.data import DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder, load_mnist5k
+from common.data import (DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder,
+                         load_mnist5k)
 
 
 def test_mnist5k_split_is_balanced_and_disjoint():

@@ -405,3 +405,29 @@ def test_ledger_errors_are_fedsynth_refusals():
 
     assert issubclass(LedgerCorruptError, FedsynthError) and issubclass(BudgetExceededError, FedsynthError)
     assert issubclass(LedgerError, RuntimeError)  # as before, for callers that catch RuntimeError
+
+
+@pytest.mark.timeout(20)
+def test_a_ledger_path_that_is_a_fifo_or_a_folder_is_refused_at_once(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    for name in ("fifo.jsonl", "folder.jsonl"):
+        with pytest.raises(LedgerError):
+            Ledger.open(tmp_path / name)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda line: line.replace(b'"delta": 1e-05', b'"delta": 1e-05, "delta": 1e-05'),  # a key twice
+    lambda line: line.replace(b"\n", b"\r\n"),
+    lambda line: line.replace(b'"seq": 0', b'"seq": ' + b"1" * 5000),
+    lambda line: line.replace(b'"delta": 1e-05', b'"delta": ' + b"9" * 400),
+])
+def test_a_header_line_edited_in_any_way_is_corrupt(tmp_path, edit):
+    ledger = Ledger.open(tmp_path / "l.jsonl", budget_epsilon=10.0)
+    raw = ledger.path.read_bytes()
+    first, rest = raw.split(b"\n", 1)
+    ledger.path.write_bytes(edit(first + b"\n") + rest)
+    with pytest.raises(LedgerCorruptError):
+        Ledger.open(ledger.path)

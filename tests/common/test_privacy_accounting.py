@@ -49,7 +49,8 @@ def test_bad_delta_refused(delta, n):
         check_delta(delta, n)
 
 
-@pytest.mark.parametrize("kwargs", [dict(sample_rate=0.0), dict(sample_rate=1.5), dict(steps=-1), dict(noise_multiplier=-1.0)])
+@pytest.mark.parametrize("kwargs", [dict(sample_rate=0.0), dict(sample_rate=1.5), dict(steps=-1),
+                                    dict(noise_multiplier=-1.0)])
 def test_mechanism_rejects_nonsense(kwargs):
     base = dict(noise_multiplier=1.0, sample_rate=0.1, steps=10, clip_norm=1.0)
     with pytest.raises(ValueError):

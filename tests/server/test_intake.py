@@ -179,3 +179,12 @@ def test_a_wrongly_signed_upload_is_never_accepted():
     record["claim"]["signature"] = Ed25519PrivateKey.generate().sign(b"x")
     row, verdict = _judge(record)
     assert not verdict.accepted and "signature" in verdict.reason
+
+
+def test_an_accountant_the_server_cannot_recompute_quickly_is_refused_before_it_runs():
+    import time
+
+    started = time.monotonic()
+    row, verdict = _judge(_good_record(accountant="prv", sigma=100.0, q=1.0, releases=10**6, epsilon=1.0)[0])
+    assert not verdict.accepted and "recomputes ε with rdp only" in verdict.reason
+    assert time.monotonic() - started < 5

@@ -30,7 +30,8 @@ def test_matched_is_linear_in_signal_under_heavy_noise_and_quadratic_under_littl
     assert heavy[4] / heavy[0] == pytest.approx(2.0, rel=1e-6)  # ∝ S: small ε, every image still counts
     light = pool_weights(LABELS, [[1.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched", noise=[1e-3, 1e-3])
     assert light[4] / light[0] == pytest.approx(4.0, rel=1e-4)  # ∝ S²: the signal weighting's regime
-    noisier_site = pool_weights(LABELS, [[2.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched", noise=[10.0, 20.0])
+    noisier_site = pool_weights(LABELS, [[2.0, 1.0], [2.0, 1.0]], num_classes=2, weighting="matched",
+                                noise=[10.0, 20.0])
     # the same signal under twice the noise, noise-dominated: ≈ half the weight (2·√104/100 : 2·√404/400)
     assert noisier_site[0] / noisier_site[4] == pytest.approx((104 ** 0.5 / 100) / (404 ** 0.5 / 400))
 
