@@ -65,7 +65,7 @@ def _round_seed(request: dict) -> int:
     return seed
 
 
-def _site_data(node: dict, request: dict) -> ImageDataset:
+def site_data(node: dict, request: dict) -> ImageDataset:
     """The site's own folder in deployment; its partition of a built-in dataset in simulation."""
     if node.get("data-dir"):
         return load_dataset(data_dir=str(node["data-dir"]), image_size=int(request.get("image-size", 28)))
@@ -127,7 +127,7 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         home, ledger_path, key_path = _site_paths(node, request, site)
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
         ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request, ledger_path), signer=key)
-        dataset = _site_data(node, request)
+        dataset = site_data(node, request)
         result = distill(dataset, config, ledger, home / "runs" / _run_folder(run_id), progress=False,
                          device=str(node.get("device", "auto")), dataset_label=dataset.name,
                          on_iteration=SiteProgress(site, dataset, config))

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from common.runtime import resolve_device
 from client.local_training import plan_dp_sgd, train_locally
-from client.client_app import _site_data
+from client.client_app import site_data
 from common.models import ConvNet
 
 app = ClientApp()
@@ -27,7 +27,7 @@ app = ClientApp()
 def train_round(msg: Message, context: Context) -> Message:
     started = time.monotonic()
     cfg = dict(msg.content["config"])
-    data = _site_data(dict(context.node_config), cfg)
+    data = site_data(dict(context.node_config), cfg)
     epsilon = float(cfg["epsilon"]) if float(cfg["epsilon"]) > 0 else math.inf  # ≤ 0 on the wire means no DP
     batch, epochs, rounds = int(cfg["batch-size"]), int(cfg["local-epochs"]), int(cfg["rounds"])
     plan = plan_dp_sgd(len(data), batch, epochs, rounds, epsilon, float(cfg["delta"]), float(cfg["clip-norm"]))

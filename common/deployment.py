@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.simulation import _env, free_port, stop_process_group
+from common.simulation import flower_env, free_port, stop_process_group
 
 CONNECTION = "fedsynth"
 
@@ -29,7 +29,7 @@ class SuperLink:
 
     @property
     def env(self) -> dict[str, str]:
-        return _env(self.flwr_home)
+        return flower_env(self.flwr_home)
 
     @property
     def fleet_address(self) -> str:
@@ -82,7 +82,7 @@ def start_superlink(keys: Path, workdir: Path, timeout: float = 60.0) -> SuperLi
     write_connection(flwr_home, port, keys / "superlink" / "ca.crt")
     log = workdir / "superlink.log"
     with open(log, "ab") as sink:
-        process = subprocess.Popen(superlink_command(keys, port, workdir / "superlink.db"), env=_env(flwr_home),
+        process = subprocess.Popen(superlink_command(keys, port, workdir / "superlink.db"), env=flower_env(flwr_home),
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     link = SuperLink(process, port, flwr_home, log)
     deadline = time.monotonic() + timeout

@@ -20,13 +20,14 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int = 256 * 2**20) -> 
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as err:
         raise UnreadableFileError(f"{path}: cannot open it ({err.strerror or err})") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnreadableFileError(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise UnreadableFileError(f"{path}: {info.st_size} bytes, more than {max_bytes} allowed")
-        os.set_blocking(fd, True)
+        raise UnreadableFileError(f"{path}: {info.st_size} bytes, more than {max_bytes} allowed")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise UnreadableFileError(f"{path}: more than {max_bytes} bytes")

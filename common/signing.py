@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.claim import Claim
 from common.errors import FedsynthError
+from common.files import UnreadableFileError, read_regular_file
 
 
 def signed_bytes(claim: Claim, run_id: str, nonce: str) -> bytes:
@@ -59,15 +59,9 @@ class KeyFileError(FedsynthError, ValueError):
 
 def _read_key_file(path: Path, limit: int = 16 * 1024) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise KeyFileError(f"{path} is not a regular file")
-            data = handle.read(limit + 1)
-    except OSError as err:
-        raise KeyFileError(f"{path}: cannot read the key ({err.strerror or err})") from None
-    if len(data) > limit:
-        raise KeyFileError(f"{path}: too large to be a key")
-    return data
+        return read_regular_file(path, limit)
+    except UnreadableFileError as err:
+        raise KeyFileError(f"cannot read the key: {err}") from None
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

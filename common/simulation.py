@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(flwr_home: Path) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
             "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -79,7 +79,7 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{http}"\ninsecure = true\n'
     )
-    env = _env(flwr_home)
+    env = flower_env(flwr_home)
     log = flwr_home / "superlink.log"
     command = ["flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
                "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(http),
