@@ -102,7 +102,7 @@ PROFILES = {
                                clip_norm=0.1, release_layers=0),
                   eval_epochs=1000),
 }
-# PSG's scale releasing only the last two weight layers (the engine's default since stop 27), for the next GPU
+# PSG's scale releasing only the last two weight layers (the engine's default), for a GPU
 PROFILES["paper-release2"] = {**PROFILES["paper"], "distill": {**PROFILES["paper"]["distill"], "release_layers": 2}}
 # PSG's published Fashion-MNIST figures (Dosser, ICCV 2025, Table 1; ε likely 1); None where none is published.
 PSG_PUBLISHED = {(10, 1.0): 68.5}

@@ -53,9 +53,9 @@ PROFILES = {
     "cpu-replay6": dict(run_config="replay-epochs=6", federation_config=None),
     "cpu-replay3-decay": dict(run_config="replay-epochs=3 replay-lr-end=0.1", federation_config=None),
     "cpu-replay6-decay": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="uniform"',
-                              federation_config=None),  # the defaults until stop 26
-    # The same sites; the server weighs each pooled image by its site's class signal (server/pool.py): the default
-    # from stop 23 to 24, +0.7 points at ε = 10 but −1.6 at ε = 1
+                              federation_config=None),  # uniform pool weighting
+    # The same sites; the server weighs each pooled image by its site's class signal (server/pool.py):
+    # +0.7 points at ε = 10 but −1.6 at ε = 1
     "cpu-signal": dict(run_config='replay-epochs=6 replay-lr-end=0.1 pool-weighting="signal"', federation_config=None),
     # the same, the server weighing as `matched` only where the pool's median run SNR is ≥ 1 (server/pool.py):
     # today's defaults
