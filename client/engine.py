@@ -208,16 +208,24 @@ def distill(
         return _publish(folder, ledger, claim, images, labels, run.start, started)
 
 
+def _run_claim(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict, *,
+               run_id: str, sha256: str, dimension: int, signal: list[float] | None, spend: dict[str, Any]) -> Claim:
+    """The run's claim: its plan, settings and data shape, with what only the run knows (hash, signal, spend)."""
+    m = the_plan.mechanism
+    return Claim(run_id=run_id, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=m.noise_multiplier,
+                 sample_rate=m.sample_rate, releases=m.steps, clip_norm=m.clip_norm, accountant=the_plan.accountant,
+                 ipc=config.ipc, classes=tuple(dataset.classes), image_shape=tuple(dataset.image_shape),
+                 dataset=label, sha256=sha256, seed=config.seed, release_dimension=dimension,
+                 class_signal=None if signal is None else tuple(signal), ledger_seq=spend["seq"],
+                 ledger_head=spend["hash"], config=config_dict, versions=library_versions())
+
+
 def _claim_fits(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict) -> None:
     """Build the run's claim with placeholder hashes: a class name or label the claim cannot carry fails here,
     before the spend, not after the run."""
-    m = the_plan.mechanism
     try:
-        Claim(run_id="0" * 32, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=m.noise_multiplier,
-              sample_rate=m.sample_rate, releases=m.steps, clip_norm=m.clip_norm, accountant=the_plan.accountant,
-              ipc=config.ipc, classes=tuple(dataset.classes), image_shape=dataset.image_shape, dataset=label,
-              sha256="0" * 64, seed=config.seed, release_dimension=1, ledger_seq=1, ledger_head="0" * 64,
-              config=config_dict, versions=library_versions())
+        _run_claim(dataset, config, the_plan, label, config_dict, run_id="0" * 32, sha256="0" * 64, dimension=1,
+                   signal=None, spend={"seq": 1, "hash": "0" * 64})
     except ClaimError as err:
         raise EngineError(f"this run's claim could not be sent: {err}") from None
 
@@ -291,7 +299,7 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
          dev: torch.device, labels: torch.Tensor, label: str, config_dict: dict, progress: bool,
          on_iteration: Callable[[int], None] | None) -> tuple[Claim, torch.Tensor]:
     """The iterations from `run.start` and the replay passes; returns the claim and the final 8-bit images."""
-    num_classes, (channels, size, _) = dataset.num_classes, dataset.image_shape
+    num_classes = dataset.num_classes
     run_id, secret, start, tensors, state = run.run_id, run.secret, run.start, run.tensors, run.saved
     synthetic = tensors["synthetic"].to(dev).requires_grad_(True)
     image_opt = torch.optim.SGD([synthetic], lr=config.lr_images, momentum=config.momentum_images)
@@ -370,15 +378,9 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     if not bool(torch.isfinite(synthetic).all()):
         raise EngineError("the synthetic images diverged (NaN); lower --lr-images. The budget stays spent.")
-    signal = class_signal(signal_sq, signal_releases, mech, dimension)
-    claim = Claim(
-        run_id=run_id, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=mech.noise_multiplier,
-        sample_rate=mech.sample_rate, releases=mech.steps, clip_norm=mech.clip_norm, accountant=the_plan.accountant,
-        ipc=config.ipc, classes=tuple(dataset.classes), image_shape=(channels, size, size), dataset=label,
-        sha256=content_hash(images, labels), seed=config.seed, release_dimension=dimension,
-        class_signal=None if signal is None else tuple(signal), ledger_seq=run.spend["seq"],
-        ledger_head=run.spend["hash"], config=config_dict, versions=library_versions(),
-    )
+    claim = _run_claim(dataset, config, the_plan, label, config_dict, run_id=run_id,
+                       sha256=content_hash(images, labels), dimension=dimension,
+                       signal=class_signal(signal_sq, signal_releases, mech, dimension), spend=run.spend)
     return claim, images
 
 
