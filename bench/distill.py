@@ -101,6 +101,11 @@ PROFILES = {
     "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6,
                                clip_norm=0.1, release_layers=0),
                   eval_epochs=1000),
+    # the ScatterNet front end: DP-SGD of a linear head on fixed wavelet features, distilled into images whose
+    # features span the head, with its soft labels; evaluated by the server's model (a ridge head on the same front
+    # end). q = 4096 / 60,000, 20 epochs (293 steps), C = 1 with lr 0.4 (all examples clipped: Tramèr & Boneh's
+    # C = 0.1, lr 4)
+    "scatter": dict(distill=dict(front_end="scatter", iterations=1), eval_epochs=None),
 }
 # PSG's scale releasing only the last two weight layers (the engine's default), for a GPU
 PROFILES["paper-release2"] = {**PROFILES["paper"], "distill": {**PROFILES["paper"]["distill"], "release_layers": 2}}
@@ -146,7 +151,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     from client.engine import DistillConfig, distill
     from common.runtime import resolve_device
     from common.data import load_fashion_mnist
-    from common.evaluation import TrainConfig, evaluate_synthetic
+    from common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
     from common.ledger import Ledger
     from common.synthetic_set import SET_FILE, CLAIM_FILE, PICTURE_FILE
     from common.versions import library_versions
@@ -169,12 +174,22 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         for src, suffix in ((SET_FILE, ".safetensors"), (CLAIM_FILE, ".claim.json"), (PICTURE_FILE, ".png")):
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
     started = time.time()
-    evaluation = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, seeds,
-                                    TrainConfig(epochs=settings["eval_epochs"]), dev)
+    synthetic = result.synthetic
+    if config.front_end == "none":
+        evaluation = evaluate_synthetic(synthetic.images, synthetic.labels, test, seeds,
+                                        TrainConfig(epochs=settings["eval_epochs"]), dev)
+    else:
+        evaluation = evaluate_on_front_end(synthetic.images, synthetic.labels, test, config.front_end,
+                                           synthetic.soft_labels)
     eval_seconds = time.time() - started
-    claim = result.synthetic.claim
+    claim = synthetic.claim
     return {
         "dataset": "fashion-mnist",
+        "method": "fedsynth",
+        "partition": "one-party",
+        "front_end": config.front_end,
+        "soft_labels": synthetic.soft_labels is not None,
+        "bytes_total": set_bytes(synthetic),
         "profile": label,
         "ipc": ipc,
         "epsilon": None if math.isinf(epsilon) else epsilon,
@@ -188,18 +203,26 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
         "accuracies": evaluation["accuracies"],
         "seconds": distill_seconds,
         "eval_seconds": eval_seconds,
-        "iterations_per_second": config.iterations / distill_seconds,
+        "iterations_per_second": (config.iterations if config.front_end == "none" else claim.releases)
+        / distill_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "psg_published": PSG_PUBLISHED.get((ipc, epsilon)),
         "dc_non_private": NON_PRIVATE_DC.get(ipc),
         "set": f"bench/results/sets/{name}.safetensors",
         "config": dict(claim.config or {}),
         "eval_epochs": settings["eval_epochs"],
-        "eval_augment": evaluation["train_config"]["augment"],
+        "eval_augment": evaluation["train_config"].get("augment", False),
+        "eval_model": evaluation["train_config"].get("model", "ConvNet-128"),
         "seed": seed,
         "device": dev.type,
         "versions": library_versions(),
     }
+
+
+def set_bytes(synthetic) -> int:
+    """Bytes of a set on the wire: one byte per pixel, 8 per label, 4 per soft-label entry."""
+    soft = 0 if synthetic.soft_labels is None else 4 * synthetic.soft_labels.numel()
+    return synthetic.images.numel() + 8 * synthetic.labels.numel() + soft
 
 
 def reevaluate_row(row: dict, seeds: int, device: str) -> dict:

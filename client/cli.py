@@ -62,6 +62,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("set", type=Path, help="synthetic.safetensors or the folder holding it")
     _add_data_arguments(p, required=True)
     p.add_argument("--test-dir", type=Path, help="test images for --data-dir (ImageFolder)")
+    p.add_argument("--model", choices=("auto", "convnet", "head"), default="auto",
+                   help="head: a linear head fitted on the set's front end (auto: when the set was made for one); "
+                   "convnet: ConvNets trained on the pixels")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--width", type=int, default=128)
@@ -190,9 +193,9 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from common.data import load_dataset
-    from common.evaluation import TrainConfig, evaluate_synthetic
+    from common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
     from common.runtime import resolve_device
-    from common.synthetic_set import SetError, load_synthetic_set, set_problem
+    from common.synthetic_set import SetError, load_synthetic_set, set_problem, soft_label_problem
     from common.versions import library_versions
 
     synthetic = load_synthetic_set(args.set)
@@ -205,14 +208,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     problem = set_problem(synthetic.images, synthetic.labels, test.num_classes, test.image_shape)
     if problem:
         raise SetError(f"{args.set}: not a set for {test.name}: {problem}")
-    config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
     weights = None if args.uniform else synthetic.weights
-    result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
-                                resolve_device(args.device), progress=not args.quiet, weights=weights)
+    # a site's set names its front end; a server's pool file holds soft labels only when made on one
+    front_end = synthetic.claim.front_end if synthetic.claim is not None else (
+        "none" if synthetic.soft_labels is None else "scatter")
+    if args.model == "head" or (args.model == "auto" and front_end != "none"):
+        if synthetic.soft_labels is not None and (problem := soft_label_problem(synthetic.soft_labels,
+                                                                                synthetic.labels, test.num_classes)):
+            raise SetError(f"{args.set}: {problem}")
+        result = evaluate_on_front_end(synthetic.images, synthetic.labels, test, "scatter" if front_end == "none"
+                                       else front_end, synthetic.soft_labels, weights)
+        trained = f"a linear head on the {result['train_config']['model'].split()[0]} front end"
+    else:
+        config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
+        result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,
+                                    resolve_device(args.device), progress=not args.quiet, weights=weights)
+        trained = f"{args.seeds} ConvNet seeds"
     result.update(set=str(args.set), test=test.name, versions=library_versions(),
                   claim=None if synthetic.claim is None else synthetic.claim.to_json_dict())
     print(f"accuracy {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
-          f"over {args.seeds} seeds on {test.name} test ({len(test)} images)"
+          f"over {trained} on {test.name} test ({len(test)} images)"
           + (", each image weighted as in the file" if weights is not None else ""))
     if args.json:
         from common.synthetic_set import write_json

@@ -136,7 +136,8 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         return Message(refusal_record(site, reason), reply_to=msg)
     synthetic = result.synthetic
     signature = sign(key, synthetic.claim, run_id, nonce)
-    record = to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site, run_id, nonce)
+    record = to_record(synthetic.images, synthetic.labels, synthetic.claim, signature, site, run_id, nonce,
+                       synthetic.soft_labels)
     # peak RSS of this worker process (in simulation a worker may have served earlier sites: an upper bound)
     record["telemetry"] = telemetry_record(time.monotonic() - started,
                                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

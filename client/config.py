@@ -17,6 +17,7 @@ from typing import Any
 from client.errors import EngineError
 from client.matching import UNITS as MATCH_UNITS
 from common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
+from common.front_end import FRONT_ENDS
 from common.models import NORMS
 from common.privacy.accounting import ACCOUNTANTS
 
@@ -38,6 +39,9 @@ class DistillConfig:
     """Everything that decides a distillation run. `epsilon=inf` (or `noise_multiplier=0`) means no noise."""
 
     ipc: int = setting(10, "synthetic images per class", low=1, high=10_000, key="ipc")
+    front_end: str = setting("none", "none: gradient matching at random ConvNets on pixels; scatter: DP-SGD of a "
+                             "linear head on ScatterNet features, distilled into images with soft labels",
+                             choices=FRONT_ENDS, key="front-end")
     epsilon: float = setting(10.0, "target ε ('inf' = no noise, for research)", low=0.0, open_low=True,
                              high=math.inf, key="epsilon")
     delta: float = setting(1e-5, "target δ (below 1/n)", low=0.0, high=1.0, open_low=True, open_high=True,
@@ -75,6 +79,16 @@ class DistillConfig:
     augment: bool = setting(True, "differentiable siamese augmentation", flag=None)
     every_class_populated: bool = setting(True, "refuse classes with fewer than ipc records (a federated site "
                                           "distils every class: skipping one would reveal it holds none)", flag=None)
+    head_epochs: float = setting(20.0, "scatter: DP-SGD epochs of the head (steps = epochs / q)", low=0.0,
+                                 open_low=True, high=10_000.0, key="head-epochs")
+    head_batch: float = setting(4096.0, "scatter: expected records per DP-SGD step (sets q)", low=0.0, high=1e9,
+                                open_low=True, key="head-batch")
+    head_lr: float = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9)", low=0.0, high=1e6,
+                             open_low=True, key="head-lr")
+    synthesis_steps: int = setting(300, "scatter: pixel-space steps fitting the images to the head (free "
+                                   "post-processing)", low=1, high=100_000, key="synthesis-steps")
+    temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=1e3,
+                                 open_low=True, key="temperature")
     seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),
                         high=2**63 - 1)
     checkpoint_every: int = setting(10, "iterations between checkpoints", low=1, flag=None)

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from client.feature_synthesis import soft_labels, synthesise
+from client.head_training import linear_head, train_head
 from client.matching import matching_distance
 from client.noisy_gradient import NoisyClassGradients
 from client.config import DistillConfig, check_settings
@@ -41,8 +43,9 @@ from client.release_store import ReleaseStore
 from client.run_folder import RunFolder
 from common.augment import Augmenter, AugmentParams, per_example
 from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
-from common.claim import Claim, ClaimError
+from common.claim import MAX_RELEASES, Claim, ClaimError
 from common.errors import one_line
+from common.front_end import build_front_end
 from common.ledger import Ledger, LedgerError
 from common.models import ConvNet, ModelNotPrivateError, check_private
 from common.privacy.accounting import (
@@ -97,6 +100,8 @@ def probe(dataset: ImageDataset, config: DistillConfig, device: torch.device) ->
     """Build the network for the data's image size and run one tiny forward/backward on `device`:
     a network that does not fit the images, or a device that does not work, fails here, before any spend."""
     channels, height, width = dataset.image_shape
+    if config.front_end != "none":
+        return _probe_front_end(dataset, config, device)
     try:
         network = _network(dataset, config)
         check_private(network)
@@ -113,10 +118,35 @@ def probe(dataset: ImageDataset, config: DistillConfig, device: torch.device) ->
                           f"{channels}×{height}×{width} images on {device}: {one_line(err, 200)}") from None
 
 
+def _probe_front_end(dataset: ImageDataset, config: DistillConfig, device: torch.device) -> None:
+    """The front end and head on one record, forward and backward into the pixels, on `device`."""
+    try:
+        front_end = build_front_end(config.front_end, dataset.image_shape).to(device)
+        head = linear_head(front_end.feature_dim, dataset.num_classes).to(device)
+        x = torch.zeros(1, *dataset.image_shape, device=device, requires_grad=True)
+        F.cross_entropy(head(front_end(x)), torch.zeros(1, dtype=torch.long, device=device)).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except (RuntimeError, ValueError, AssertionError, TypeError) as err:
+        shape = "×".join(map(str, dataset.image_shape))
+        raise EngineError(f"the {config.front_end} front end cannot run on {shape} images on {device}: "
+                          f"{one_line(err, 200)}") from None
+
+
 def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
-    """Sample rate, σ and ε of the run. The record count n enters only through q (public by design, as in DP-SGD)."""
-    q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
-    steps = config.releases
+    """Sample rate, σ and ε of the run. The record count n enters only through q (public by design, as in DP-SGD).
+
+    Pixels: T·K releases at q = batch-per-class · classes / n. A front end: one DP-SGD run of the head,
+    epochs / q steps at q = head-batch / n."""
+    if config.front_end == "none":
+        q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
+        steps = config.releases
+    else:
+        q = config.sample_rate or min(1.0, config.head_batch / len(dataset))
+        steps = math.ceil(config.head_epochs / q)
+        if steps > MAX_RELEASES:
+            raise EngineError(f"{config.head_epochs:g} epochs at q={q:.3g} are {steps} DP-SGD steps, more than "
+                              f"{MAX_RELEASES:,}: no run of that length finishes")
     if not config.private:
         sigma = 0.0
     elif config.noise_multiplier is not None:
@@ -196,16 +226,24 @@ def distill(
     _claim_fits(dataset, config, the_plan, label, config_dict)
     ledger.entries()  # a damaged ledger stops the run before its folder is made
     with RunFolder(Path(out_dir)) as folder:
-        initial = (torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed))
-                   * 0.5).clamp(-1, 1)
+        # the public start: images in model space (pixels), or pixel logits (a front end)
+        initial = torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed)) * 0.5
+        initial = initial.clamp(-1, 1) if config.front_end == "none" else initial
         run = _start_or_resume(folder, ledger, the_plan, config_dict, secret_seed, label, initial)
         if run.finished is not None:  # the set was final before a crash: release it, nothing is recomputed
-            return _publish(folder, ledger, run.finished, run.tensors["images"], labels, run.start, started)
-        claim, images = _run(dataset, config, the_plan, run, folder, dev, labels, label, config_dict, progress,
-                             on_iteration)
+            return _publish(folder, ledger, run.finished, run.tensors["images"], labels, run.start, started,
+                            run.tensors.get("soft_labels"))
+        if config.front_end == "none":
+            claim, images = _run(dataset, config, the_plan, run, folder, dev, labels, label, config_dict, progress,
+                                 on_iteration)
+            soft = None
+        else:
+            claim, images, soft = _run_front_end(dataset, config, the_plan, run, dev, labels, label, config_dict,
+                                                 progress, on_iteration)
+        final = {"images": images} | ({} if soft is None else {"soft_labels": soft})
         folder.save({"run_id": run.run_id, "finished": True, "config": config_dict, "claim": claim.to_json()},
-                    {"images": images})  # the secret seed leaves the disk before anything is released
-        return _publish(folder, ledger, claim, images, labels, run.start, started)
+                    final)  # the secret seed leaves the disk before anything is released
+        return _publish(folder, ledger, claim, images, labels, run.start, started, soft)
 
 
 def _run_claim(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict, *,
@@ -217,7 +255,8 @@ def _run_claim(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, lab
                  ipc=config.ipc, classes=tuple(dataset.classes), image_shape=tuple(dataset.image_shape),
                  dataset=label, sha256=sha256, seed=config.seed, release_dimension=dimension,
                  class_signal=None if signal is None else tuple(signal), ledger_seq=spend["seq"],
-                 ledger_head=spend["hash"], config=config_dict, versions=library_versions())
+                 ledger_head=spend["hash"], config=config_dict, versions=library_versions(),
+                 front_end=config.front_end, soft_labels=config.front_end != "none")
 
 
 def _claim_fits(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict) -> None:
@@ -283,13 +322,13 @@ def _spend(folder: RunFolder, ledger: Ledger, run_id: str, the_plan: Plan, confi
 
 
 def _publish(folder: RunFolder, ledger: Ledger, claim: Claim, images: torch.Tensor, labels: torch.Tensor,
-             resumed_from: int, started: float) -> DistillResult:
+             resumed_from: int, started: float, soft: torch.Tensor | None = None) -> DistillResult:
     """Record the release (once), then write the set and drop the checkpoint."""
-    if content_hash(images, labels) != claim.sha256:
+    if content_hash(images, labels, soft) != claim.sha256:
         raise EngineError(f"{folder.checkpoint_dir}: the finished images do not match their claim; delete the folder")
     if not ledger.released(claim.run_id):
         ledger.record_release(claim.run_id, claim.sha256)  # recorded before anything is written out
-    result = SyntheticSet(images, labels, claim)
+    result = SyntheticSet(images, labels, claim, soft_labels=soft)
     save_synthetic_set(folder.path, result)
     folder.remove_checkpoint()
     return DistillResult(result, folder.path, claim.run_id, max(resumed_from, 0), time.time() - started)
@@ -382,6 +421,28 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
                        sha256=content_hash(images, labels), dimension=dimension,
                        signal=class_signal(signal_sq, signal_releases, mech, dimension), spend=run.spend)
     return claim, images
+
+
+def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _RunState, dev: torch.device,
+                   labels: torch.Tensor, label: str, config_dict: dict, progress: bool,
+                   on_step: Callable[[int], None] | None = None) -> tuple[Claim, torch.Tensor, torch.Tensor]:
+    """DP-SGD of a linear head on the fixed front end's features (the one mechanism), then images fitted to the
+    head and its soft labels on them (post-processing). A resumed run repeats it with the same secret."""
+    front_end = build_front_end(config.front_end, dataset.image_shape).to(dev).eval()
+    features = front_end.features(dataset.images.to(dev))  # a fixed map of each record: not a release
+    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, the_plan.mechanism, lr=config.head_lr,
+                      momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
+    del features
+    images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
+                        initial=run.tensors["synthetic"].to(dev), progress=progress)
+    images = quantise(images)  # 8-bit pixels: one byte each on the wire
+    if not bool(torch.isfinite(images).all()):
+        raise EngineError("the synthetic images diverged (NaN). The budget stays spent.")
+    soft = soft_labels(head, front_end, images.to(dev), config.temperature).cpu()
+    claim = _run_claim(dataset, config, the_plan, label, config_dict, run_id=run.run_id,
+                       sha256=content_hash(images, labels, soft), dimension=head.weight.numel() + head.bias.numel(),
+                       signal=None, spend=run.spend)
+    return claim, images, soft
 
 
 def _match_step(

@@ -21,18 +21,24 @@ class SiteProgress:
     def __init__(self, site: str, dataset: ImageDataset, config: DistillConfig, lines: int = 4) -> None:
         self.site, self.config = site, config
         self.plan = plan(dataset, config)
-        self.every = max(1, config.iterations // lines)
+        # pixels: outer iterations of K releases each; a front end: DP-SGD steps of one release each
+        self.pixels = config.front_end == "none"
+        self.total = config.iterations if self.pixels else self.plan.mechanism.steps
+        self.unit, self.per = ("iteration", config.inner_steps) if self.pixels else ("DP-SGD step", 1)
+        self.every = max(1, self.total // lines)
         self.started = time.monotonic()
-        print(f"[fedsynth] {site}: distilling {len(dataset)} records into {config.ipc} images per class "
-              f"({config.iterations} iterations)", flush=True)
+        how = (f"{self.total} iterations" if self.pixels
+               else f"{self.total} DP-SGD steps on the {config.front_end} front end")
+        print(f"[fedsynth] {site}: distilling {len(dataset)} records into {config.ipc} images per class ({how})",
+              flush=True)
 
     def __call__(self, done: int) -> None:
-        if done % self.every and done != self.config.iterations:
+        if done % self.every and done != self.total:
             return
         m = self.plan.mechanism
         with warnings.catch_warnings():  # early on ε is tiny and Opacus asks for more RDP orders: harmless here
             warnings.simplefilter("ignore", UserWarning)
-            spent = epsilon_of_history([Mechanism(m.noise_multiplier, m.sample_rate, done * self.config.inner_steps,
-                                                  m.clip_norm)], self.plan.delta, self.plan.accountant)
-        print(f"[fedsynth] {self.site}: iteration {done}/{self.config.iterations}, ε spent {spent:.3g} of "
+            spent = epsilon_of_history([Mechanism(m.noise_multiplier, m.sample_rate, done * self.per, m.clip_norm)],
+                                       self.plan.delta, self.plan.accountant)
+        print(f"[fedsynth] {self.site}: {self.unit} {done}/{self.total}, ε spent {spent:.3g} of "
               f"{self.plan.epsilon:.3g}, {time.monotonic() - self.started:.0f} s", flush=True)

@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any, Mapping
 
 from common.errors import FedsynthError
+from common.front_end.base import FRONT_ENDS
 from common.privacy.accounting import ACCOUNTANTS, Mechanism
 
 CLAIM_FORMAT = "fedsynth-claim/2"
@@ -55,7 +56,7 @@ class Claim:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]
     dataset: str
-    sha256: str  # content hash of the images and labels (`common.synthetic_set.content_hash`)
+    sha256: str  # content hash of the images, labels and soft labels (`common.synthetic_set.content_hash`)
     seed: int  # the run's public seed
     release_dimension: int  # numbers in one release (the released parameters' count, d)
     class_signal: tuple[float, ...] | None = None  # per class, the clipped signal its releases carried (units of C)
@@ -63,6 +64,8 @@ class Claim:
     ledger_head: str | None = None
     config: Mapping[str, Any] | None = None  # the engine settings of the run (flat, JSON scalars)
     versions: Mapping[str, str] | None = None
+    front_end: str = "none"  # the fixed feature map the set was made for (`common.front_end`)
+    soft_labels: bool = False  # the set carries, per image, a class distribution from the site's DP model
     format: str = CLAIM_FORMAT
 
     def __post_init__(self) -> None:
@@ -224,6 +227,10 @@ def _check(claim: Claim) -> None:
             raise ClaimError("claim: class_signal must give one number per class")
         for value in claim.class_signal:
             _in_range(value, "class_signal[]", 0.0, 1e12)
+    if claim.front_end not in FRONT_ENDS:
+        raise ClaimError(f"claim: front_end {_show(claim.front_end)} is not one of {', '.join(FRONT_ENDS)}")
+    if not isinstance(claim.soft_labels, bool):
+        raise ClaimError("claim: soft_labels must be true or false")
     if (claim.ledger_seq is None) != (claim.ledger_head is None):
         raise ClaimError("claim: ledger_seq and ledger_head come together")
     if claim.ledger_seq is not None:

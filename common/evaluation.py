@@ -89,6 +89,27 @@ def accuracy(net: torch.nn.Module, test: ImageDataset, device: torch.device = to
     return correct / max(1, len(test))
 
 
+def evaluate_on_front_end(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test: ImageDataset,
+    front_end: str,
+    soft_labels: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> dict:
+    """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
+    deterministic, so one 'seed')."""
+    from common.front_end import build_front_end
+    from common.front_end.fit import fit_head
+
+    model = fit_head(build_front_end(front_end, test.image_shape), images, labels, test.num_classes, soft_labels,
+                     weights)
+    score = accuracy(model, test)
+    return {"accuracy_mean": score, "accuracy_std": 0.0, "accuracies": [score], "seeds": [0],
+            "train_config": {"model": f"{front_end} + ridge head", "soft_labels": soft_labels is not None},
+            "weighted": weights is not None}
+
+
 def evaluate_synthetic(
     images: torch.Tensor,
     labels: torch.Tensor,

@@ -1,7 +1,8 @@
 """A site's reply on the wire: Flower records only (numpy arrays without pickle, a JSON string, raw bytes).
 
     RecordDict {
-      "synthetic": ArrayRecord {"images": uint8 [N, C, H, W] (pixel k ↦ k/255), "labels": int64 [N]},
+      "synthetic": ArrayRecord {"images": uint8 [N, C, H, W] (pixel k ↦ k/255), "labels": int64 [N],
+                                "soft_labels": float32 [N, classes] (only a set made on a front end)},
       "claim":     ConfigRecord {"json": <claim as strict JSON>, "signature": <Ed25519 bytes>, "site": <name>,
                                  "run-id": <run signed for>, "nonce": <server nonce signed for>},
       "telemetry": MetricRecord {"seconds", "peak-rss-mb"}   (optional, unsigned, only reported)
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.claim import Claim, ClaimError
+from common.claim import MAX_CLASSES, Claim, ClaimError
 from common.errors import FedsynthError, one_line
 from common.synthetic_set import from_8bit, on_8bit_grid, to_8bit
 
@@ -47,6 +48,7 @@ class Upload:
     claim: Claim
     signature: bytes
     signed_round: tuple[str, str]  # (run id, nonce) the site says it signed for
+    soft_labels: torch.Tensor | None = None  # float32 [N, classes] as decoded: checked by the server's policy
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def valid_site_name(name: Any) -> bool:
 
 
 def to_record(images: torch.Tensor, labels: torch.Tensor, claim: Claim, signature: bytes, site: str,
-              run_id: str, nonce: str) -> RecordDict:
+              run_id: str, nonce: str, soft_labels: torch.Tensor | None = None) -> RecordDict:
     """`run_id`/`nonce` name the round the site signed for, so a replay is reported as one.
 
     Images travel as 8-bit levels; they must already lie on that grid (the engine releases
@@ -70,7 +72,10 @@ def to_record(images: torch.Tensor, labels: torch.Tensor, claim: Claim, signatur
     """
     if not on_8bit_grid(images):
         raise ValueError("images must be float32 pixels on the 8-bit grid (common.synthetic_set.quantise) to be sent")
-    arrays = ArrayRecord({"images": to_8bit(images).contiguous(), "labels": labels.detach().cpu().contiguous()})
+    tensors = {"images": to_8bit(images).contiguous(), "labels": labels.detach().cpu().contiguous()}
+    if soft_labels is not None:
+        tensors["soft_labels"] = soft_labels.detach().cpu().float().contiguous()
+    arrays = ArrayRecord(tensors)
     meta = ConfigRecord({"json": claim.to_json(), "signature": signature, "site": site, "run-id": run_id,
                          "nonce": nonce})
     return RecordDict({"synthetic": arrays, "claim": meta})
@@ -148,7 +153,8 @@ def _decode(arrays: ArrayRecord, name: str, dtype: str, ndim: int, max_elements:
     return torch.from_numpy(decoded.copy())
 
 
-def from_record(content: RecordDict, max_images: int, image_shape: tuple[int, int, int]) -> Upload:
+def from_record(content: RecordDict, max_images: int, image_shape: tuple[int, int, int],
+                num_classes: int = MAX_CLASSES) -> Upload:
     """Decode a reply without trusting it: any structural problem is a PayloadError naming it.
 
     `max_images` and `image_shape` bound what is decoded (the server's policy), so an oversized
@@ -159,11 +165,13 @@ def from_record(content: RecordDict, max_images: int, image_shape: tuple[int, in
     arrays, meta = content["synthetic"], content["claim"]
     if not isinstance(arrays, ArrayRecord) or not isinstance(meta, ConfigRecord):
         raise PayloadError("schema: reply records have the wrong types")
-    if set(arrays.keys()) != {"images", "labels"}:
-        raise PayloadError(f"schema: expected arrays images and labels, got {len(arrays)} other arrays")
+    if set(arrays.keys()) not in ({"images", "labels"}, {"images", "labels", "soft_labels"}):
+        raise PayloadError(f"schema: expected arrays images, labels and optionally soft_labels, got {len(arrays)} "
+                           "other arrays")
     pixels = math.prod(image_shape)
     images = _decode(arrays, "images", "uint8", 4, max_images * pixels)
     labels = _decode(arrays, "labels", "int64", 1, max_images)
+    soft = _decode(arrays, "soft_labels", "float32", 2, max_images * num_classes) if "soft_labels" in arrays else None
     site = _string(meta, "site")
     if not valid_site_name(site):
         raise PayloadError("schema: the site name must match [A-Za-z0-9_-]{1,64}")
@@ -176,4 +184,4 @@ def from_record(content: RecordDict, max_images: int, image_shape: tuple[int, in
         claim = Claim.from_json(text)
     except ClaimError as err:
         raise PayloadError(str(err)) from None
-    return Upload(site, from_8bit(images), labels, claim, signature, signed_round)
+    return Upload(site, from_8bit(images), labels, claim, signature, signed_round, soft)

@@ -1,6 +1,8 @@
-"""A released synthetic set on disk: `synthetic.safetensors` (images, labels), `claim.json`, `synthetic.png`.
+"""A released synthetic set on disk: `synthetic.safetensors` (images, labels, soft labels), `claim.json`,
+`synthetic.png`.
 
-Images are float32 pixels in [0, 1] on the 8-bit grid (k/255), [N, C, H, W]; labels int64 [N].
+Images are float32 pixels in [0, 1] on the 8-bit grid (k/255), [N, C, H, W]; labels int64 [N];
+soft labels, when the set has them, float32 [N, classes], each row a distribution.
 The grid is what lets a site upload one byte per pixel with the hash unchanged. The claim
 carries the mechanism parameters and the content hash of the tensors, which is what gets signed.
 Nothing here unpickles: safetensors and JSON only.
@@ -38,6 +40,7 @@ class SyntheticSet:
     labels: torch.Tensor
     claim: Claim | None  # None for a pool file or a set without a readable claim.json
     weights: torch.Tensor | None = None  # per-image training weights: a server's pool file keeps them
+    soft_labels: torch.Tensor | None = None  # per image, the class distribution of the site's DP model
 
     @property
     def classes(self) -> list[str]:
@@ -75,6 +78,22 @@ def set_problem(images: Any, labels: Any, num_classes: int, image_shape: tuple[i
     return None
 
 
+MAX_SOFT_LABEL_ERROR = 1e-3  # how far a soft-label row's sum may stray from 1 (float32 rounding)
+
+
+def soft_label_problem(soft_labels: Any, labels: torch.Tensor, num_classes: int) -> str | None:
+    """Why `soft_labels` are not one class distribution per image (None when they are)."""
+    if not isinstance(soft_labels, torch.Tensor) or soft_labels.dtype != torch.float32:
+        return "soft labels: must be a float32 tensor"
+    if soft_labels.shape != (labels.shape[0], num_classes):
+        return f"soft labels: shape {tuple(soft_labels.shape)}, expected [{labels.shape[0]}, {num_classes}]"
+    if not bool(torch.isfinite(soft_labels).all()) or bool((soft_labels < 0).any()):
+        return "soft labels: must be finite and non-negative"
+    if soft_labels.numel() and float((soft_labels.double().sum(1) - 1.0).abs().max()) > MAX_SOFT_LABEL_ERROR:
+        return "soft labels: each row must sum to 1"
+    return None
+
+
 def to_8bit(images: torch.Tensor) -> torch.Tensor:
     """Pixels in [0, 1] → uint8 levels (rounded): the wire form of a set, a quarter of float32's bytes."""
     return (images.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
@@ -95,10 +114,10 @@ def on_8bit_grid(images: torch.Tensor) -> bool:
     return images.dtype == torch.float32 and torch.equal(quantise(images), images.cpu())
 
 
-def content_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """SHA-256 over dtype, shape and bytes of both tensors: what a signature or ledger entry binds to."""
+def content_hash(images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor | None = None) -> str:
+    """SHA-256 over dtype, shape and bytes of the set's tensors: what a signature or ledger entry binds to."""
     digest = hashlib.sha256()
-    for tensor in (images, labels):
+    for tensor in (images, labels) if soft_labels is None else (images, labels, soft_labels):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.numpy().tobytes())
@@ -134,7 +153,10 @@ def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, pict
     out.mkdir(parents=True, exist_ok=True)
     images = synthetic.images.detach().cpu().float().contiguous()
     labels = synthetic.labels.detach().cpu().long().contiguous()
-    save_file({"images": images, "labels": labels}, str(out / SET_FILE), metadata={"format": "fedsynth-set/1"})
+    tensors = {"images": images, "labels": labels}
+    if synthetic.soft_labels is not None:
+        tensors["soft_labels"] = synthetic.soft_labels.detach().cpu().float().contiguous()
+    save_file(tensors, str(out / SET_FILE), metadata={"format": "fedsynth-set/1"})
     if synthetic.claim is not None:
         write_text(out / CLAIM_FILE, synthetic.claim.to_json(indent=2) + "\n")
     if picture:
@@ -181,11 +203,14 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
-    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights"}:
-        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', "
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights", "soft_labels"}:
+        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights' and 'soft_labels', "
                        f"found {sorted(tensors)[:5]}")
-    weights = tensors.get("weights")
+    weights, soft = tensors.get("weights"), tensors.get("soft_labels")
     if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
+        raise SetError(f"{file}: {problem}")
+    if soft is not None and (problem := soft_label_problem(soft, tensors["labels"], soft.shape[-1] if soft.ndim
+                                                           else 0)):
         raise SetError(f"{file}: {problem}")
     claim_file = file.parent / CLAIM_FILE
     claim = None
@@ -194,4 +219,4 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
             claim = Claim.from_json(read_regular_file(claim_file, 1 << 20))
         except (ClaimError, OSError):
             claim = None
-    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights)
+    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft)

@@ -74,7 +74,7 @@ class Intake:
             row["site"] = refusal.site or row["site"]
             return Verdict.reject(f"site refused: {refusal.reason}")
         try:
-            upload = from_record(content, self.policy.max_images, self.policy.image_shape)
+            upload = from_record(content, self.policy.max_images, self.policy.image_shape, self.policy.num_classes)
         except FedsynthError as err:
             return Verdict.reject(str(err))
         row["site"] = upload.site

@@ -45,7 +45,8 @@ def privacy_markdown(sites: list[dict[str, Any]]) -> str:
 
 def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, Any]], config: dict[str, Any],
                   versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
-                  classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None) -> None:
+                  classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None,
+                  pool_soft_labels: torch.Tensor | None = None) -> None:
     """Everything a round leaves behind; the pool file keeps the images' training weights (if any), so the
     global model can be retrained from it exactly."""
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,8 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
     pool = {"images": pool_images.contiguous(), "labels": pool_labels.contiguous()}
     if pool_weights is not None:
         pool["weights"] = pool_weights.float().contiguous()
+    if pool_soft_labels is not None:
+        pool["soft_labels"] = pool_soft_labels.float().contiguous()
     save_file(pool, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
         keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS]

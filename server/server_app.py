@@ -15,6 +15,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.data import ImageDataset, load_dataset
 from common.evaluation import TrainConfig, accuracy, train_classifier
+from common.front_end import FRONT_ENDS, build_front_end
+from common.front_end.fit import fit_head
 from common.versions import library_versions
 from server.anchors import AnchorsError, LedgerAnchors
 from server.collect import stream_replies
@@ -64,6 +66,9 @@ def main(grid: Grid, context: Context) -> None:
     weighting = str(cfg.get("pool-weighting", "auto"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+    if str(cfg.get("front-end", "none")) not in FRONT_ENDS:
+        _fail(out, [], cfg, test, f"unknown front-end {str(cfg.get('front-end'))[:40]!r}; choose from "
+              f"{', '.join(FRONT_ENDS)}")
     try:
         anchors = LedgerAnchors(Path(str(cfg["anchors-file"])))
     except AnchorsError as err:
@@ -79,8 +84,10 @@ def main(grid: Grid, context: Context) -> None:
     print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})",
           flush=True)
 
+    front_end = str(cfg.get("front-end", "none"))
     policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
-                          max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]))
+                          max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]),
+                          front_end=front_end)
     intake = Intake(policy, KeyRegistry(Path(str(cfg["keys-dir"]))), anchors, run_id, nonce)
     sites: list[dict] = []
     answered: set[int] = set()
@@ -115,16 +122,23 @@ def main(grid: Grid, context: Context) -> None:
         print(f"[fedsynth] pool-weighting auto: median run SNR {'unknown' if run_snr is None else f'{run_snr:.3g}'}"
               f" → {chosen}", flush=True)
     weights = pool_weights([u.labels for u in accepted], signals, test.num_classes, chosen, noise=noise)
-    model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
-                             weights=weights)
+    soft = None if front_end == "none" else torch.cat([u.soft_labels for u in accepted])
+    if front_end == "none":
+        model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
+                                 weights=weights)
+    else:  # a ridge head on the sites' front end, fitted to their heads' soft labels
+        model = fit_head(build_front_end(front_end, test.image_shape), images, labels, test.num_classes, soft,
+                         weights)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
-               "train_config": train_config.__dict__, "pool_weighting": "uniform" if weights is None else chosen,
+               "train_config": train_config.__dict__ if front_end == "none" else
+               {"model": f"{front_end} + ridge head", "soft_labels": True}, "front_end": front_end,
+               "pool_weighting": "uniform" if weights is None else chosen,
                "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
-                  pool_labels=labels, classes=test.classes, model=model, pool_weights=weights)
+                  pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft)
     print("\n" + privacy_markdown(sites), flush=True)
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

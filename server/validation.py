@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from common.payload import Upload
 from common.privacy.accounting import epsilon_of_history
 from common.signing import verify
-from common.synthetic_set import content_hash, set_problem
+from common.synthetic_set import content_hash, set_problem, soft_label_problem
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class UploadPolicy:
     max_epsilon: float
     max_delta: float = 1e-5
     accountants: tuple[str, ...] = ("rdp",)  # recomputed in seconds for any claim; PRV can take minutes
+    front_end: str = "none"  # the front end the round's model trains on; a set made for another is refused
 
     @property
     def max_images(self) -> int:
@@ -56,6 +57,16 @@ def check_upload(
         return Verdict.reject(f"schema: the claim is for {len(claim.classes)} classes of "
                               f"{'×'.join(map(str, claim.image_shape))} images, this round wants {policy.num_classes} "
                               f"of {'×'.join(map(str, policy.image_shape))}")
+    wants_soft = policy.front_end != "none"  # a front end's set carries its head's soft labels; pixels do not
+    if claim.front_end != policy.front_end or claim.soft_labels != wants_soft:
+        made = f"front end {claim.front_end}" + (" with soft labels" if claim.soft_labels else "")
+        return Verdict.reject(f"schema: the set was made for {made}; this round takes front end {policy.front_end} "
+                              f"{'with' if wants_soft else 'without'} soft labels")
+    if (upload.soft_labels is not None) != claim.soft_labels:
+        return Verdict.reject("schema: soft labels " + ("missing" if claim.soft_labels else "sent but not claimed"))
+    if upload.soft_labels is not None and (problem := soft_label_problem(upload.soft_labels, upload.labels,
+                                                                         policy.num_classes)):
+        return Verdict.reject(problem)
     if upload.signed_round != (run_id, nonce):
         signed_run, _ = upload.signed_round
         what = "an earlier nonce of this run" if signed_run == run_id else "another run"
@@ -64,7 +75,7 @@ def check_upload(
         return Verdict.reject("signature: no registered public key for this site name")
     if not verify(public_key, upload.signature, claim, run_id, nonce):
         return Verdict.reject("signature: does not verify against the site's registered key for this run and nonce")
-    if claim.sha256 != content_hash(upload.images, upload.labels):
+    if claim.sha256 != content_hash(upload.images, upload.labels, upload.soft_labels):
         return Verdict.reject("signature: images or labels differ from the signed content hash")
     if claim.accountant not in policy.accountants:
         return Verdict.reject(f"policy: this server recomputes ε with {', '.join(policy.accountants)} only")

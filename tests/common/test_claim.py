@@ -44,6 +44,8 @@ def test_round_trip_is_exact_and_infinity_is_null_on_the_wire():
     (_json(ledger_head=None), "come together"),
     (_json(format="fedsynth-claim/1"), "format"),
     (_json(surprise=1), "unknown field"),
+    (_json(front_end="wavelets"), "front_end"),
+    (_json(soft_labels=1), "soft_labels must be true or false"),
     (_json(config={"nested": {"a": 1}}), "config must map"),
     (json.dumps({k: v for k, v in json.loads(_json()).items() if k != "sha256"}), "lacks sha256"),
     (_json().replace('"delta": 1e-05', '"delta": NaN'), "NaN is not a JSON number"),

@@ -116,3 +116,21 @@ def test_telemetry_is_optional_and_never_breaks_decoding():
 def test_refusals_are_read_whatever_they_hold(record, site, reason):
     refusal = read_refusal(record)
     assert refusal.site == site and reason in refusal.reason and "\n" not in refusal.reason
+
+
+def test_soft_labels_travel_as_float32_and_are_bounded_by_the_declared_shape():
+    images, labels = grid_set(per_class=2)
+    soft = torch.softmax(torch.randn(20, 10), 1)
+    claim = make_claim(images, labels, sha256=content_hash(images, labels, soft), front_end="scatter",
+                       soft_labels=True)
+    record = to_record(images, labels, claim, b"g" * 64, "site-3", "7", "n0", soft)
+    upload = from_record(record, *LIMITS, num_classes=10)
+    assert torch.equal(upload.soft_labels, soft) and upload.soft_labels.dtype == torch.float32
+    assert content_hash(upload.images, upload.labels, upload.soft_labels) == claim.sha256
+    assert from_record(_good(), *LIMITS).soft_labels is None
+    record["synthetic"]["soft_labels"] = Array(np.zeros((20, 11), dtype=np.float32))
+    with pytest.raises(PayloadError, match="size: soft_labels"):
+        from_record(record, *LIMITS, num_classes=10)
+    record["synthetic"]["soft_labels"] = Array(np.zeros((20, 10), dtype=np.float64))
+    with pytest.raises(PayloadError, match="soft_labels must be float32"):
+        from_record(record, *LIMITS, num_classes=10)

@@ -48,3 +48,23 @@ def test_a_malformed_file_is_refused_naming_it(tmp_path, tensors, reason):
 def test_a_missing_set_is_a_clear_error(tmp_path):
     with pytest.raises(SetError, match="no synthetic set"):
         load_synthetic_set(tmp_path)
+
+
+def test_soft_labels_round_trip_and_bad_ones_are_refused_naming_the_problem(tmp_path):
+    from common.synthetic_set import SyntheticSet, content_hash, save_synthetic_set, soft_label_problem
+
+    images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    soft = torch.softmax(torch.randn(4, 3), 1)
+    save_synthetic_set(tmp_path / "s", SyntheticSet(images, labels, None, soft_labels=soft), picture=False)
+    kept = load_synthetic_set(tmp_path / "s")
+    assert torch.equal(kept.soft_labels, soft)
+    assert content_hash(images, labels, soft) != content_hash(images, labels, soft.flip(0))
+    assert soft_label_problem(soft, labels, 3) is None
+    assert "shape" in soft_label_problem(soft, labels, 4)
+    assert "sum to 1" in soft_label_problem(soft * 2, labels, 3)
+    assert "finite" in soft_label_problem(torch.full((4, 3), float("nan")), labels, 3)
+    assert "non-negative" in soft_label_problem(soft - 0.5, labels, 3)
+    assert "float32" in soft_label_problem(soft.double(), labels, 3)
+    save_file({"images": images, "labels": labels, "soft_labels": soft * 3}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(SetError, match="sum to 1"):
+        load_synthetic_set(tmp_path / "bad.safetensors")

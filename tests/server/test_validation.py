@@ -10,6 +10,7 @@ from helpers import grid_set, make_claim
 from common.payload import Upload
 from common.privacy.accounting import Mechanism, epsilon_of_history
 from common.signing import generate_signing_key, load_private_key, load_public_key, sign
+from common.synthetic_set import content_hash
 from server.validation import UploadPolicy, check_upload
 
 POLICY = UploadPolicy(num_classes=10, image_shape=(1, 28, 28), max_ipc=2, max_epsilon=10.0)
@@ -74,6 +75,8 @@ def _claim_edited_after_signing(**changes):
         (lambda: _upload(epsilon=0.5), "does not match"),
         (lambda: _upload(classes=9, class_signal=None), "schema: the claim is for 9 classes"),
         (lambda: _upload(image_shape=(3, 28, 28)), "schema: the claim is for 10 classes of 3×28×28"),
+        (lambda: _upload(front_end="scatter", soft_labels=True), "made for front end scatter with soft labels"),
+        (lambda: _upload(soft_labels=True), "made for front end none with soft labels"),
         (lambda: _upload(delta=1e-4), "policy: δ"),
         (lambda: _upload(sigma=0.3), "policy: ε="),
         (lambda: _upload(sigma=0.0), "policy: ε="),
@@ -103,3 +106,37 @@ def test_key_files_round_trip_and_refuse_overwrite(tmp_path):
     assert _check(up, public_key=public).accepted
     with pytest.raises(FileExistsError):
         generate_signing_key(tmp_path / "k.pem", tmp_path / "k.pub")
+
+
+SCATTER = dataclasses.replace(POLICY, front_end="scatter")
+
+
+def _scatter_upload(soft=None, claim_soft=True, front_end="scatter", sent=True):
+    images, labels = grid_set()
+    soft = torch.softmax(torch.randn(20, 10), 1) if soft is None else soft
+    claim = make_claim(images, labels, sha256=content_hash(images, labels, soft), front_end=front_end,
+                       soft_labels=claim_soft)
+    return Upload("site-0", images, labels, claim, sign(KEY, claim, RUN, NONCE), (RUN, NONCE), soft if sent else None)
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: _scatter_upload(), None),
+    (lambda: _scatter_upload(sent=False), "soft labels missing"),
+    (lambda: _scatter_upload(soft=torch.full((20, 10), 0.2)), "each row must sum to 1"),
+    (lambda: _scatter_upload(soft=torch.softmax(torch.randn(20, 10), 1).double().float() * -1), "non-negative"),
+    (lambda: _scatter_upload(claim_soft=False), "made for front end scatter; this round takes front end scatter with"),
+    (lambda: _scatter_upload(front_end="none"), "made for front end none with soft labels"),
+])
+def test_a_front_end_round_takes_sets_of_its_front_end_with_valid_soft_labels(make, reason):
+    verdict = check_upload(make(), SCATTER, KEY.public_key(), RUN, NONCE)
+    assert verdict.accepted == (reason is None)
+    if reason:
+        assert reason in verdict.reason
+
+
+def test_a_pixel_round_refuses_soft_labels_it_did_not_ask_for():
+    images, labels = grid_set()
+    soft = torch.softmax(torch.randn(20, 10), 1)
+    upload = dataclasses.replace(_upload(), soft_labels=soft)
+    assert "soft labels sent but not claimed" in _check(upload).reason
+    assert images.shape == upload.images.shape and labels.shape == upload.labels.shape

@@ -1,0 +1,59 @@
+"""DP-SGD of a linear head on fixed front-end features: the front-end engine's only use of real records.
+
+Each step draws a Poisson batch (rate q) with the run's secret generator, computes per-example
+gradients through Opacus' `GradSampleModule`, and lets Opacus' `DPOptimizer` clip each to C, sum
+them, add N(0, σ²C²) and divide by the expected batch: T steps of exactly the mechanism in the
+ledger. Everything derived from the final head (synthetic images, soft labels) is post-processing.
+A resumed run repeats the same steps with the same secret, so it reaches the same head.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from tqdm.auto import tqdm
+
+from common.privacy.accounting import Mechanism
+
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+
+def linear_head(feature_dim: int, num_classes: int) -> torch.nn.Linear:
+    """The head DP-SGD trains, from zero (a public, data-free start)."""
+    head = torch.nn.Linear(feature_dim, num_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, mechanism: Mechanism, *, lr: float,
+               momentum: float, secret: int, progress: bool = False,
+               on_step: Callable[[int], None] | None = None) -> torch.nn.Linear:
+    """`mechanism.steps` DP-SGD steps of a zero-initialised linear head on `features` [n, D] with `labels`."""
+    device = features.device
+    n = features.shape[0]
+    head = linear_head(features.shape[1], num_classes).to(device)
+    module = GradSampleModule(head, batch_first=True, loss_reduction="sum", strict=True)
+    sampling = torch.Generator().manual_seed(secret % (2**63))
+    noise = torch.Generator(device=device).manual_seed((secret + 1) % (2**63))
+    optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum),
+                            noise_multiplier=mechanism.noise_multiplier, max_grad_norm=mechanism.clip_norm,
+                            expected_batch_size=max(1, round(mechanism.sample_rate * n)), loss_reduction="mean",
+                            generator=noise)
+    for step in tqdm(range(mechanism.steps), disable=not progress, desc="DP-SGD", unit="step", dynamic_ncols=True):
+        batch = (torch.rand(n, generator=sampling) < mechanism.sample_rate).nonzero().squeeze(1).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        # an empty Poisson batch still takes its step: Opacus clips nothing and adds the noise, as accounted
+        F.cross_entropy(module(features[batch]), labels[batch], reduction="sum").backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step + 1)
+    for p in head.parameters():
+        p.grad_sample = None
+        p.grad = None
+    return head.eval()

@@ -1,0 +1,42 @@
+"""Synthesis through the front end: the captured share of the head's logit map, and soft labels."""
+
+import torch
+
+from client.feature_synthesis import captured_fraction, centred_logit_map, soft_labels, synthesise
+from client.head_training import linear_head
+from common.front_end import build_front_end
+
+
+def _head(d=20, k=3, seed=0):
+    torch.manual_seed(seed)
+    head = linear_head(d, k)
+    torch.nn.init.normal_(head.weight)
+    torch.nn.init.normal_(head.bias)
+    return head
+
+
+def test_features_spanning_the_logit_map_capture_all_of_it_and_unrelated_ones_little():
+    head = _head()
+    m = centred_logit_map(head)
+    assert torch.allclose(m.sum(0), torch.zeros(m.shape[1]), atol=1e-5)
+    spanning = m[:, :-1] + 0.0  # the rows themselves (the bias column comes from the constant)
+    assert float(captured_fraction(spanning, m, ridge=1e-6)) > 0.99
+    orthogonal = torch.randn(3, 20, generator=torch.Generator().manual_seed(1))
+    orthogonal -= (orthogonal @ torch.linalg.pinv(m[:, :-1])) @ m[:, :-1]  # remove the rows' span
+    assert float(captured_fraction(orthogonal, m, ridge=1e-6)) < 0.05
+
+
+def test_synthesis_raises_the_captured_share_and_soft_labels_are_distributions():
+    front_end = build_front_end("scatter", (1, 28, 28))
+    head = _head(front_end.feature_dim, 3)
+    labels = torch.arange(3).repeat_interleave(2)
+    initial = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.5
+    m = centred_logit_map(head)
+    before = float(captured_fraction(front_end(torch.sigmoid(initial)), m))
+    images = synthesise(head, front_end, labels, steps=15, lr=0.05, initial=initial)
+    after = float(captured_fraction(front_end(images), m))
+    assert after > before
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    soft = soft_labels(head, front_end, images, temperature=4.0)
+    assert soft.dtype == torch.float32 and soft.shape == (6, 3)
+    assert torch.allclose(soft.sum(1), torch.ones(6), atol=1e-5)
