@@ -47,6 +47,10 @@ CENTRAL = dict(epochs=10, batch_size=256, lr=0.05, clip_norm=1.0, width=32)
 SMOKE = dict(dataset="mnist5k", fedsynth='steps=3 inner-steps=2 width=8 ipc=2 eval-epochs=5 eval-width=16',
              fedavg=dict(rounds=2, width=8), central=dict(epochs=1, width=8))
 DATASET = {"name": "fashion-mnist", "extra": ""}
+# the fixed front end the rows run on (--front-end): none (pixels) or scatter (ScatterNet features)
+FRONT_END = {"name": "none"}
+# central DP-SGD of a linear head on ScatterNet features (Tramèr & Boneh's setting as the engine runs it)
+CENTRAL_HEAD = dict(epochs=20, batch_size=4096, lr=0.4, clip_norm=1.0, momentum=0.9)
 
 
 def _simulate(app: Path, sites: int, run_config: str) -> dict:
@@ -67,7 +71,8 @@ def _simulate(app: Path, sites: int, run_config: str) -> dict:
 def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict:
     eps = "inf" if math.isinf(epsilon) else f"{epsilon}"
     m = _simulate(ROOT, sites, f'epsilon={eps} policy-epsilon={eps} site-budget={eps} partition="{partition}" '
-                  f'alpha={alpha} seed={seed} expected-sites={sites} {DATASET["extra"]}')
+                  f'alpha={alpha} seed={seed} expected-sites={sites} front-end="{FRONT_END["name"]}" '
+                  f'{DATASET["extra"]}')
     accepted = [s for s in m["sites"] if s["accepted"]]
     return {"method": "fedsynth" if math.isfinite(epsilon) else "distill-nodp", "accuracy_mean": m["accuracy"],
             "rounds": 1, "bytes_total": sum(s["upload_bytes"] for s in accepted), "seconds": m["wall_seconds"],
@@ -84,16 +89,18 @@ def _pool_choice(metrics: dict) -> dict:
 
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
-               "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers")
+               "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers",
+               "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "temperature")
 # Keys added after some rows were measured, with the value those rows ran with.
 ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
-                      "release-layers": 0}
+                      "release-layers": 0, "front-end": "none", "head-epochs": 20.0, "head-batch": 4096.0,
+                      "head-lr": 0.4, "synthesis-steps": 300, "temperature": 4.0}
 
 
 def engine_settings() -> dict:
     """The engine settings a fedsynth row ran with (the app's defaults in pyproject.toml), so a row says what it
     measured."""
-    defaults = app_run_config()
+    defaults = {**app_run_config(), "front-end": FRONT_END["name"]}
     return {"source": "pyproject [tool.flwr.app.config]", **{k: defaults[k] for k in ENGINE_KEYS}}
 
 
@@ -102,7 +109,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
     settings as today's defaults), as a compare row; None when there is none. Saves a ~30-minute rerun."""
     if math.isinf(epsilon) or DATASET["extra"]:
         return None
-    defaults = app_run_config()
+    defaults = {**app_run_config(), "front-end": FRONT_END["name"]}
     for row in read_rows(RESULTS / "federation.json"):
         config = row["config"]
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
@@ -134,8 +141,37 @@ def run_fedavg(sites: int, partition: str, alpha: float, epsilon: float, seed: i
             "peak_rss_mb": m["peak_rss_mb"], "max_site_epsilon": m["max_site_epsilon"], "sites_accepted": sites}
 
 
+def run_central_head(epsilon: float, seed: int) -> dict:
+    """One party with all the training data: DP-SGD of a linear head on the front end's features (Tramèr & Boneh)."""
+    from client.head_training import train_head
+    from common.data import load_dataset
+    from common.evaluation import accuracy
+    from common.front_end import build_front_end
+    from common.front_end.fit import FrontEndClassifier
+    from common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
+
+    c = CENTRAL_HEAD
+    train, test = load_dataset(DATASET["name"], train=True), load_dataset(DATASET["name"], train=False)
+    started = time.time()
+    front_end = build_front_end(FRONT_END["name"], train.image_shape).eval()
+    features = front_end.features(train.images)
+    q = min(1.0, c["batch_size"] / len(train))
+    steps = math.ceil(c["epochs"] / q)
+    sigma = 0.0 if math.isinf(epsilon) else calibrate_noise_multiplier(epsilon, 1e-5, q, steps)
+    mechanism = Mechanism(sigma, q, steps, c["clip_norm"])
+    head = train_head(features, train.labels, train.num_classes, mechanism, lr=c["lr"], momentum=c["momentum"],
+                      secret=seed, progress=True)
+    spent = epsilon_of_history([mechanism], 1e-5)
+    return {"method": "central" if math.isinf(epsilon) else "central-dpsgd",
+            "accuracy_mean": accuracy(FrontEndClassifier(front_end, head), test), "rounds": 0, "bytes_total": 0,
+            "seconds": time.time() - started, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "max_site_epsilon": None if math.isinf(spent) else spent, "sites_accepted": 1}
+
+
 def run_central(epsilon: float, seed: int) -> dict:
     """One party with all the training data: DP-SGD at (ε, 1e-5), or plain SGD for ε = ∞."""
+    if FRONT_END["name"] != "none":
+        return run_central_head(epsilon, seed)
     from client.local_training import plan_dp_sgd, train_locally
     from common.data import load_dataset
     from common.evaluation import accuracy
@@ -197,12 +233,15 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
             "seconds": statistics.fmean(seconds), "seeds": all_seeds, "peak_rss_mb": peak,
             "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
-            "settings": CENTRAL if central else FEDAVG if "fedavg" in method else engine_settings(),
+            "front_end": FRONT_END["name"],
+            "settings": ((CENTRAL_HEAD if FRONT_END["name"] != "none" else CENTRAL) if central
+                         else FEDAVG if "fedavg" in method else engine_settings()),
             "versions": library_versions()}
 
 
 def _key(row: dict) -> tuple:
-    return (METHODS.index(row["method"]), row["partition"], row["epsilon"] is None, row["epsilon"] or 0.0)
+    return (METHODS.index(row["method"]), row.get("front_end", "none"), row["partition"], row["epsilon"] is None,
+            row["epsilon"] or 0.0)
 
 
 def merge(rows: list[dict], path: Path) -> list[dict]:
@@ -225,17 +264,18 @@ def _ran_with(config: dict, key: str):
 def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
     """Footnote marks (²³…, by row id) for fedsynth rows run under engine settings other than the app's today,
     one per distinct set of old settings, and the footnotes saying what those rows ran with."""
-    today = engine_settings()
     older: dict[tuple, str] = {}
     marks: dict[int, str] = {}
     for r in rows:
         if r["method"] not in ("fedsynth", "distill-nodp") or "settings" not in r:
             continue
+        today = {**engine_settings(), "front-end": _ran_with(r["settings"], "front-end")}
         then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS if _ran_with(r["settings"], k) != today[k])
         if then and (then in older or len(older) < len(OLDER_MARKS)):
             marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
     notes = [f"\n{mark} measured with the app's earlier engine settings: {', '.join(f'{k}={v}' for k, v in then)} "
-             f"(today's: {', '.join(f'{k}={today[k]}' for k, _ in then)})." for then, mark in older.items()]
+             f"(today's: {', '.join(f'{k}={engine_settings()[k]}' for k, _ in then)})."
+             for then, mark in older.items()]
     return marks, notes
 
 
@@ -245,14 +285,15 @@ def _marks(row: dict, older: dict[int, str]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | front end | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time "
+             "| peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
     older, notes = _older_settings(rows)
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
         acc = percent(r["accuracy_mean"], r["accuracy_std"])
         method = r["method"] + _marks(r, older)
-        lines.append(f"| {method} | {r['partition']} | {eps} | {acc} | {r['rounds']} | "
+        lines.append(f"| {method} | {r.get('front_end', 'none')} | {r['partition']} | {eps} | {acc} | {r['rounds']} "
+                     "| "
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
     if any(_shared_seed(r) for r in rows):
@@ -269,17 +310,19 @@ def _score(row: dict) -> str:
 def versus(rows: list[dict]) -> str:
     """fedsynth against DP-FedAvg at each (partition, ε) both were measured at: the issue's two targets,
     accuracy and bytes, computed from the JSON so the README's reading of them cannot go stale."""
-    lines = ["| partition | ε | fedsynth % (seeds) | DP-FedAvg % (seeds) | fedsynth − DP-FedAvg | fedsynth's bytes |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| fedsynth front end | partition | ε | fedsynth % (seeds) | DP-FedAvg % (seeds) | fedsynth − DP-FedAvg "
+             "| fedsynth's bytes |", "|---|---|---|---|---|---|---|"]
     older, _ = _older_settings(rows)
-    ours = {(r["partition"], r["epsilon"]): r for r in rows if r["method"] == "fedsynth"}
-    for r in rows:
-        mine = ours.get((r["partition"], r["epsilon"])) if r["method"] == "dp-fedavg" else None
-        if mine is None:
+    ours = [r for r in rows if r["method"] == "fedsynth"]
+    for mine in ours:
+        r = next((f for f in rows if f["method"] == "dp-fedavg" and f["partition"] == mine["partition"]
+                  and f["epsilon"] == mine["epsilon"]), None)
+        if r is None:
             continue
         gap = f"{100 * (mine['accuracy_mean'] - r['accuracy_mean']):+.1f}".replace("-", "−")
         shared = _marks(mine, older)
-        lines.append(f"| {r['partition']} | {r['epsilon']:g} | {_score(mine)}{shared} | {_score(r)} | {gap} points | "
+        lines.append(f"| {mine.get('front_end', 'none')} | {r['partition']} | {r['epsilon']:g} "
+                     f"| {_score(mine)}{shared} | {_score(r)} | {gap} points | "
                      f"1/{r['bytes_total'] / mine['bytes_total']:.0f} of DP-FedAvg's |")
     return "\n".join(lines)
 
@@ -336,18 +379,24 @@ def plots(rows: list[dict], folder: Path) -> None:
     plt.close(fig)
 
 
-HEADLINE_METHODS = {"fedsynth": "fedsynth (one round, 10 sites)", "dp-fedavg": "DP-FedAvg (10 rounds, 10 sites)",
-                    "central-dpsgd": "DP-SGD, one party holding all data"}
+HEADLINE_METHODS = {("fedsynth", "scatter"): "fedsynth, ScatterNet front end (one round, 10 sites)",
+                    ("fedsynth", "none"): "fedsynth, pixels (one round, 10 sites)",
+                    ("dp-fedavg", "none"): "DP-FedAvg, ConvNet (10 rounds, 10 sites)",
+                    ("central-dpsgd", "scatter"): "DP-SGD on ScatterNet features, one party holding all data",
+                    ("central-dpsgd", "none"): "DP-SGD, ConvNet, one party holding all data"}
 
 
 def headline(rows: list[dict]) -> str:
     """The README's table: fedsynth beside the strongest peers measured in the same harness, at ε = 1 and 10."""
     older, notes = _older_settings(rows)
     lines = ["| method | ε = 1 | ε = 10 | bytes sent (all sites) |", "|---|---|---|---|"]
-    for method, name in HEADLINE_METHODS.items():
+    for (method, front_end), name in HEADLINE_METHODS.items():
         cells, sent = [], "nothing (no federation)"
+        mine = [r for r in rows if r["method"] == method and r.get("front_end", "none") == front_end]
+        if not mine:
+            continue
         for epsilon in (1.0, 10.0):
-            row = next((r for r in rows if r["method"] == method and r["epsilon"] == epsilon), None)
+            row = next((r for r in mine if r["epsilon"] == epsilon), None)
             cells.append("—" if row is None else f"{percent(row['accuracy_mean'], row['accuracy_std'])} %"
                          + (_marks(row, older) if method == "fedsynth" else ""))
             if row is not None and row["bytes_total"]:
@@ -373,6 +422,8 @@ def main() -> int:
                         help="ε for the private methods (the others run once, without DP)")
     parser.add_argument("--partition", nargs="*", choices=("iid", "dirichlet"), default=["dirichlet"])
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--front-end", choices=("none", "scatter"), default="none",
+                        help="the fixed front end of the fedsynth and central rows (DP-FedAvg runs on pixels)")
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
@@ -390,6 +441,7 @@ def main() -> int:
         FEDAVG.update(SMOKE["fedavg"])
         CENTRAL.update(SMOKE["central"])
 
+    FRONT_END["name"] = args.front_end
     rows = read_rows(args.out)
     if not args.readme_only:
         for method in args.methods:
@@ -397,7 +449,7 @@ def main() -> int:
             partitions = ["central"] if method.startswith("central") else args.partition
             for partition in partitions:
                 for epsilon in epsilons:
-                    probe = {"method": method, "partition": partition,
+                    probe = {"method": method, "partition": partition, "front_end": args.front_end,
                              "epsilon": None if math.isinf(epsilon) else epsilon}
                     earlier = next((r for r in rows if _key(r) == _key(probe)), None) if args.add_seeds else None
                     row = run_row(method, args.sites, partition, args.alpha, epsilon, args.seeds,

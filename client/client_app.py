@@ -128,9 +128,10 @@ def distil_and_upload(msg: Message, context: Context) -> Message:
         key = _signing_key(key_path, simulated="partition-id" in node)  # before any budget is spent
         ledger = Ledger.open(ledger_path, budget_epsilon=_site_budget(node, request, ledger_path), signer=key)
         dataset = site_data(node, request)
+        progress = SiteProgress(site, dataset, config)
         result = distill(dataset, config, ledger, home / "runs" / _run_folder(run_id), progress=False,
                          device=str(node.get("device", "auto")), dataset_label=dataset.name,
-                         on_iteration=SiteProgress(site, dataset, config))
+                         on_iteration=progress, on_synthesis=progress.synthesis)
     except (FedsynthError, KeyError, TypeError, ValueError, OSError) as err:  # refusals are answers, not crashes
         reason = f"{type(err).__name__}: {err}" if isinstance(err, (KeyError, TypeError)) else str(err)
         return Message(refusal_record(site, reason), reply_to=msg)

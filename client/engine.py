@@ -207,12 +207,15 @@ def distill(
     progress: bool = True,
     on_iteration: Callable[[int], None] | None = None,
     dataset_label: str | None = None,
+    on_synthesis: Callable[[int], None] | None = None,
 ) -> DistillResult:
     """Distil `dataset` into `config.ipc` images per class under the planned (ε, δ); write and return the set.
 
     Everything that can fail is checked before the spend (settings, data, network, device, output
     folder). `secret_seed` seeds Poisson sampling and noise; leave it None outside tests, so both
     come from the OS's randomness and are never recorded anywhere that leaves the site.
+    `on_iteration(done)` follows the spend: outer iterations (pixels) or DP-SGD steps (a front end);
+    `on_synthesis(done)` a front end's image updates after it.
     """
     started = time.time()
     validate(dataset, config)
@@ -239,7 +242,7 @@ def distill(
             soft = None
         else:
             claim, images, soft = _run_front_end(dataset, config, the_plan, run, dev, labels, label, config_dict,
-                                                 progress, on_iteration)
+                                                 progress, on_iteration, on_synthesis)
         final = {"images": images} | ({} if soft is None else {"soft_labels": soft})
         folder.save({"run_id": run.run_id, "finished": True, "config": config_dict, "claim": claim.to_json()},
                     final)  # the secret seed leaves the disk before anything is released
@@ -425,7 +428,8 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
 
 def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _RunState, dev: torch.device,
                    labels: torch.Tensor, label: str, config_dict: dict, progress: bool,
-                   on_step: Callable[[int], None] | None = None) -> tuple[Claim, torch.Tensor, torch.Tensor]:
+                   on_step: Callable[[int], None] | None = None,
+                   on_synthesis: Callable[[int], None] | None = None) -> tuple[Claim, torch.Tensor, torch.Tensor]:
     """DP-SGD of a linear head on the fixed front end's features (the one mechanism), then images fitted to the
     head and its soft labels on them (post-processing). A resumed run repeats it with the same secret."""
     front_end = build_front_end(config.front_end, dataset.image_shape).to(dev).eval()
@@ -434,7 +438,7 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
                       momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
     del features
     images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
-                        initial=run.tensors["synthetic"].to(dev), progress=progress)
+                        initial=run.tensors["synthetic"].to(dev), progress=progress, on_step=on_synthesis)
     images = quantise(images)  # 8-bit pixels: one byte each on the wire
     if not bool(torch.isfinite(images).all()):
         raise EngineError("the synthetic images diverged (NaN). The budget stays spent.")

@@ -18,26 +18,25 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from tqdm.auto import tqdm
 
+from common.models import linear_head
 from common.privacy.accounting import Mechanism
+
+__all__ = ["linear_head", "train_head"]
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
-def linear_head(feature_dim: int, num_classes: int) -> torch.nn.Linear:
-    """The head DP-SGD trains, from zero (a public, data-free start)."""
-    head = torch.nn.Linear(feature_dim, num_classes)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    return head
-
-
 def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, mechanism: Mechanism, *, lr: float,
-               momentum: float, secret: int, progress: bool = False,
-               on_step: Callable[[int], None] | None = None) -> torch.nn.Linear:
-    """`mechanism.steps` DP-SGD steps of a zero-initialised linear head on `features` [n, D] with `labels`."""
+               momentum: float, secret: int, progress: bool = False, on_step: Callable[[int], None] | None = None,
+               initial: dict[str, torch.Tensor] | None = None) -> torch.nn.Linear:
+    """`mechanism.steps` DP-SGD steps of a linear head on `features` [n, D] with `labels`, from zero or from the
+    `initial` state (a FedAvg round's global head)."""
     device = features.device
     n = features.shape[0]
-    head = linear_head(features.shape[1], num_classes).to(device)
+    head = linear_head(features.shape[1], num_classes)
+    if initial is not None:
+        head.load_state_dict(initial)
+    head = head.to(device)
     module = GradSampleModule(head, batch_first=True, loss_reduction="sum", strict=True)
     sampling = torch.Generator().manual_seed(secret % (2**63))
     noise = torch.Generator(device=device).manual_seed((secret + 1) % (2**63))

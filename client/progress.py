@@ -32,6 +32,13 @@ class SiteProgress:
         print(f"[fedsynth] {site}: distilling {len(dataset)} records into {config.ipc} images per class ({how})",
               flush=True)
 
+    def synthesis(self, done: int) -> None:
+        """`on_synthesis` for `distill` (a front end): the free image updates after the spend."""
+        total = self.config.synthesis_steps
+        if done % max(1, total // 2) == 0 or done == total:
+            print(f"[fedsynth] {self.site}: synthesis step {done}/{total} (no further privacy cost), "
+                  f"{time.monotonic() - self.started:.0f} s", flush=True)
+
     def __call__(self, done: int) -> None:
         if done % self.every and done != self.total:
             return

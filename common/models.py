@@ -76,3 +76,11 @@ def check_private(model: nn.Module) -> None:
             "Use --norm instancenorm or groupnorm (BatchNorm mixes examples in a batch, so per-example "
             "gradients and their clipping are undefined)."
         )
+
+
+def linear_head(feature_dim: int, num_classes: int) -> nn.Linear:
+    """A linear classifier on front-end features, from zero (a public, data-free start)."""
+    head = nn.Linear(feature_dim, num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head

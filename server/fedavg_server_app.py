@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -18,7 +20,9 @@ from safetensors.torch import save_file
 
 from common.data import load_dataset
 from common.evaluation import accuracy
-from common.models import ConvNet
+from common.front_end import build_front_end
+from common.front_end.fit import FrontEndClassifier
+from common.models import ConvNet, linear_head
 from common.synthetic_set import write_json
 from common.versions import library_versions
 
@@ -28,7 +32,7 @@ app = ServerApp()
 BASELINE_CONFIG = 'rounds = 10\nlocal-epochs = 1\nbatch-size = 64\nlr = 0.05\nclip-norm = 1.0\nnorm = "groupnorm"\n'
 BASELINE_COMPONENTS = {"serverapp": "server.fedavg_server_app:app", "clientapp": "client.fedavg_client_app:app"}
 ROUND_KEYS = ("epsilon", "delta", "rounds", "local-epochs", "batch-size", "lr", "clip-norm", "width", "norm",
-              "dataset", "partition", "alpha", "seed")
+              "dataset", "partition", "alpha", "seed", "front-end")
 
 
 def site_summary(replies: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -49,7 +53,14 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     test = load_dataset(str(cfg["dataset"]), train=False)
     c, h, _ = test.image_shape
-    model = ConvNet(c, test.num_classes, h, int(cfg["width"]), norm=str(cfg["norm"]))
+    front_end = str(cfg.get("front-end", "none"))
+    if front_end == "none":
+        model = ConvNet(c, test.num_classes, h, int(cfg["width"]), norm=str(cfg["norm"]))
+        evaluated: torch.nn.Module = model
+    else:  # only the linear head travels; the fixed front end is the same at every site
+        features = build_front_end(front_end, test.image_shape).eval()
+        model = linear_head(features.feature_dim, test.num_classes)
+        evaluated = FrontEndClassifier(features, model)
     initial = ArrayRecord(model.state_dict())
     sites = int(cfg["expected-sites"])
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=sites, min_available_nodes=sites,
@@ -57,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        acc = accuracy(model, test)
+        acc = accuracy(evaluated, test)
         print(f"[fedavg] round {server_round}: global accuracy {100 * acc:.2f} %", flush=True)
         return MetricRecord({"accuracy": acc})
 
@@ -74,6 +85,7 @@ def main(grid: Grid, context: Context) -> None:
     spent = per_round[-1]["epsilon-max"]
     metrics = {
         "method": "fedavg" if epsilon <= 0 or math.isinf(epsilon) else "dp-fedavg",
+        "front_end": front_end,
         "accuracy": float(result.evaluate_metrics_serverapp[rounds]["accuracy"]),
         "accuracy_per_round": [float(result.evaluate_metrics_serverapp[r]["accuracy"]) for r in range(1, rounds + 1)],
         "rounds": rounds,

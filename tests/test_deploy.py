@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from common.data import load_mnist5k, write_image_folder
-from common.deployment import CONNECTION, flwr, register_supernode, start_superlink, start_supernode, write_connection
+from common.data import load_mnist5k
+from common.deployment import CONNECTION
+from deploy_support.image_folder import write_image_folder
+from deploy_support.loopback import flwr, register_supernode, start_superlink, start_supernode, write_connection
 from common.ledger import Ledger
 from common.partition import site_dataset
 from common.pki import KeyPlan, make_keys

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from client.client_app import site_seed
@@ -89,7 +90,27 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_scatter_round_pools_images_with_soft_labels_and_fits_the_ridge_head(tmp_path, monkeypatch):
+    """The front-end engine through a real round: soft labels on the wire, checked, pooled, fitted."""
+    monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    rc = run_simulation(ROOT, 2, TINY + ' front-end="scatter" head-epochs=2.0 head-batch=200.0 synthesis-steps=5 '
+                        f'min-sites=2 expected-sites=2 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
+                        f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "anchors.json"}"', timeout=900)
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["front_end"] == "scatter" and metrics["sites_accepted"] == 2
+    assert metrics["train_config"]["model"] == "scatter + ridge head"
+    assert all(s["accepted"] for s in metrics["sites"])
+    assert metrics["accuracy"] > 0.3  # chance is 0.1
+    pool = load_file(str(out / "synthetic_pool.safetensors"))
+    assert pool["soft_labels"].shape == (2 * 2 * 10, 10)
+    assert torch.allclose(pool["soft_labels"].sum(1), torch.ones(40), atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("setting,reason", [("min-sites=3", "min-sites=3"),
+                                            ('front-end="wavelets"', "unknown front-end 'wavelets'"),
                                             ('pool-weighting="count"', "unknown pool-weighting 'count'")])
 def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend(tmp_path, monkeypatch, setting,
                                                                                   reason):
