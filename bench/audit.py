@@ -23,7 +23,7 @@ from bench.results_io import merge_rows, read_rows, update_readme_block  # noqa:
 
 RESULTS = ROOT / "bench" / "results"
 # The audited pipeline: the engine's defaults at the CPU benchmark's width, fewer outer iterations.
-ENGINE = dict(ipc=10, width=32, iterations=100, inner_steps=5, every_class_populated=False)
+ENGINE = dict(front_end="none", ipc=10, width=32, iterations=100, inner_steps=5, every_class_populated=False)
 
 
 def run_row(epsilon: float, canaries: int, base_records: int, seed: int, device: str) -> dict:

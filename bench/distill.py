@@ -33,7 +33,8 @@ RESULTS = ROOT / "bench" / "results"
 SETS = RESULTS / "sets"
 
 # Engine settings per profile (DistillConfig fields) and the evaluation protocol.
-CPU_PROFILE = dict(distill=dict(width=32, iterations=120, inner_steps=5, net_steps=1, batch_per_class=64.0,
+CPU_PROFILE = dict(distill=dict(front_end="none", width=32, iterations=120, inner_steps=5, net_steps=1,
+                                batch_per_class=64.0,
                                 clip_norm=1.0, lr_images=1.0,
                                 release_layers=0),  # every parameter, as its rows were measured
                    eval_epochs=300,
@@ -98,7 +99,8 @@ PROFILES = {
     **{f"{'cpu' if w == 32 else f'w{w}'}-b2x-replay3-release2":
        _larger_releases(2, width=w, replay_epochs=3, release_layers=2, checkpoint_every=1000) for w in (32, 64)},
     # PSG: ConvNet-128, 1000 outer iterations, q = 256/N over the whole set, clip 0.1; 1000 evaluation epochs.
-    "paper": dict(distill=dict(width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6,
+    "paper": dict(distill=dict(front_end="none",
+                               width=128, iterations=1000, inner_steps=10, net_steps=1, batch_per_class=25.6,
                                clip_norm=0.1, release_layers=0),
                   eval_epochs=1000),
     # the ScatterNet front end: DP-SGD of a linear head on fixed wavelet features, distilled into images whose

@@ -81,7 +81,9 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
     name += f"_seed{seed}" if seed else ""   # each seed keeps its own files
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         out = Path(tmp) / "out"
-        config = (f'epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} min-sites={min(2, sites)} '
+        # the pixel engine's profiles (the ScatterNet front end's federated rows are bench/compare.py's)
+        config = (f'front-end="none" epsilon={epsilon} partition="{partition}" alpha={alpha} seed={seed} '
+                  f'min-sites={min(2, sites)} '
                   f'expected-sites={sites} policy-epsilon={max(epsilon, 10.0)} output-dir="{out}" '
                   f'keys-dir="{Path(tmp) / "keys"}" sites-dir="{Path(tmp) / "sites"}" '
                   f'anchors-file="{Path(tmp) / "anchors.json"}" {extra}').strip()

@@ -39,7 +39,7 @@ class DistillConfig:
     """Everything that decides a distillation run. `epsilon=inf` (or `noise_multiplier=0`) means no noise."""
 
     ipc: int = setting(10, "synthetic images per class", low=1, high=10_000, key="ipc")
-    front_end: str = setting("none", "none: gradient matching at random ConvNets on pixels; scatter: DP-SGD of a "
+    front_end: str = setting("scatter", "none: gradient matching at random ConvNets on pixels; scatter: DP-SGD of a "
                              "linear head on ScatterNet features, distilled into images with soft labels",
                              choices=FRONT_ENDS, key="front-end")
     epsilon: float = setting(10.0, "target ε ('inf' = no noise, for research)", low=0.0, open_low=True,

@@ -22,7 +22,8 @@ def fedsynth(*args, home):
 @pytest.mark.slow
 def test_distill_then_evaluate_end_to_end(tmp_path):
     out = tmp_path / "set"
-    run = fedsynth("distill", "--dataset", "mnist5k", "--ipc", 2, "--epsilon", 4, "--steps", 2, "--inner-steps", 2,
+    run = fedsynth("distill", "--dataset", "mnist5k", "--front-end", "none", "--ipc", 2, "--epsilon", 4, "--steps", 2,
+                   "--inner-steps", 2,
                    "--width", 8, "--limit", 1000, "--seed", 3, "--out", out, home=tmp_path / "home")
     assert run.returncode == 0, run.stderr
     tensors = load_file(str(out / "synthetic.safetensors"))
@@ -42,6 +43,23 @@ def test_distill_then_evaluate_end_to_end(tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert len(result["accuracies"]) == 3 and 0.0 <= result["accuracy_mean"] <= 1.0
     assert result["accuracy_std"] >= 0.0 and "accuracy" in evaluation.stdout
+
+
+@pytest.mark.slow
+def test_distill_on_the_scatter_front_end_then_evaluate_with_the_servers_head(tmp_path):
+    out = tmp_path / "set"
+    run = fedsynth("distill", "--dataset", "mnist5k", "--ipc", 2, "--epsilon", 4, "--head-epochs", 2,
+                   "--synthesis-steps", 5, "--limit", 1000, "--out", out, home=tmp_path / "home")
+    assert run.returncode == 0, run.stderr
+    tensors = load_file(str(out / "synthetic.safetensors"))
+    assert tensors["soft_labels"].shape == (20, 10)
+    claim = json.loads((out / "claim.json").read_text())
+    assert claim["front_end"] == "scatter" and claim["soft_labels"] is True and claim["epsilon"] <= 4
+    evaluation = fedsynth("evaluate", out, "--dataset", "mnist5k", "--json", tmp_path / "eval.json",
+                          home=tmp_path / "home")
+    assert evaluation.returncode == 0, evaluation.stderr
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert "linear head on the scatter front end" in evaluation.stdout and result["accuracy_mean"] > 0.3
 
 
 def test_evaluate_trains_a_pool_file_as_the_server_did_unless_told_uniform(tmp_path, tiny_mnist):

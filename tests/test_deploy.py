@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2", "site-3", "site-4"]
-TINY = 'dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 epsilon=4.0 timeout=600'
+TINY = ('dataset="mnist5k" front-end="none" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
+        'epsilon=4.0 timeout=600')
 
 
 @pytest.fixture(scope="module")

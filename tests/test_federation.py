@@ -18,7 +18,7 @@ from common.simulation import run_simulation
 from server.pool import choose_weighting
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ('dataset="mnist5k" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
+TINY = ('dataset="mnist5k" front-end="none" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
         'connect-timeout=30 timeout=600 epsilon=8.0')
 ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global_model.safetensors",
              "synthetic_pool.safetensors", "synthetic_pool.png")
@@ -94,7 +94,8 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_fits_the_ridge_head(t
     """The front-end engine through a real round: soft labels on the wire, checked, pooled, fitted."""
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 2, TINY + ' front-end="scatter" head-epochs=2.0 head-batch=200.0 synthesis-steps=5 '
+    scatter = TINY.replace('front-end="none"', 'front-end="scatter"')
+    rc = run_simulation(ROOT, 2, scatter + ' head-epochs=2.0 head-batch=200.0 synthesis-steps=5 '
                         f'min-sites=2 expected-sites=2 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
                         f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "anchors.json"}"', timeout=900)
     assert rc == 0
@@ -116,7 +117,8 @@ def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend
                                                                                   reason):
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    rc = run_simulation(ROOT, 2, TINY + f' {setting} expected-sites=2 output-dir="{out}" '
+    tiny = TINY.replace('front-end="none"', setting) if setting.startswith("front-end") else f"{TINY} {setting}"
+    rc = run_simulation(ROOT, 2, tiny + f' expected-sites=2 output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
                         f'anchors-file="{tmp_path / "a.json"}"',
                         timeout=600)

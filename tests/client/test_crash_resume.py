@@ -59,7 +59,8 @@ SCRIPT = textwrap.dedent('''
         die_after(engine, "save_synthetic_set")
     data = load_mnist5k(train=True)
     keep = torch.cat([torch.nonzero(data.labels == c).flatten()[:30] for c in range(10)])
-    config = engine.DistillConfig(ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0,
+    config = engine.DistillConfig(front_end="none",
+                                  ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0,
                                   checkpoint_every=1, replay_epochs=1, epsilon=5.0)
     ledger = Ledger.open(work / "ledger.jsonl", budget_epsilon=50.0, signer=load_private_key(work / "site.pem"))
     engine.distill(data.subset(keep), config, ledger, work / "out", device="cpu", progress=False)

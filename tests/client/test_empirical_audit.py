@@ -14,7 +14,7 @@ POWER_FLOOR = 1.0  # noise off, 200 canaries, 40 guesses: measured 1.7-2.1 (38-3
 
 
 def _config(epsilon, iterations=40):
-    return DistillConfig(ipc=10, epsilon=epsilon, iterations=iterations, inner_steps=5, width=32,
+    return DistillConfig(front_end="none", ipc=10, epsilon=epsilon, iterations=iterations, inner_steps=5, width=32,
                          every_class_populated=False, seed=0)
 
 

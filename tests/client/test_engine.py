@@ -14,7 +14,8 @@ from common.ledger import BudgetExceededError, Ledger, LedgerCorruptError
 from common.models import ModelNotPrivateError
 from common.privacy.accounting import Mechanism, epsilon_of_history
 
-TINY = dict(ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0, checkpoint_every=1)
+TINY = dict(front_end="none",
+            ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0, checkpoint_every=1)
 
 
 def _run(dataset, tmp_path, name="out", ledger=None, secret_seed=0, **overrides):
