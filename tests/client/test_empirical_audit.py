@@ -74,8 +74,9 @@ def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
     from client.cli import main
 
     out = tmp_path / "empirical.json"
-    code = main(["audit", "--empirical", "--dataset", "mnist5k", "--canaries", "60", "--base-records", "100",
-                 "--epsilon", "2", "--steps", "3", "--inner-steps", "2", "--ipc", "2", "--width", "8",
+    code = main(["audit", "--empirical", "--dataset", "mnist5k", "--front-end", "none", "--canaries", "60",
+                 "--base-records", "100", "--epsilon", "2", "--steps", "3", "--inner-steps", "2", "--ipc", "2",
+                 "--width", "8",
                  "--eval-epochs", "2", "--quiet", "--json", str(out), "--report", str(tmp_path / "r")])
     assert code == 0
     row = json.loads(out.read_text())
