@@ -98,7 +98,8 @@ def _bad_set(folder, images, labels):
 
 def _refusals(tmp_path):
     """(arguments, what the one line says) for refusals a user can run into."""
-    d = ["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "o"]
+    d = ["distill", "--dataset", "mnist5k", "--front-end", "none", "--limit", 200, "--out", tmp_path / "o"]
+    s = ["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "o"]  # the default engine
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
     (tmp_path / "empty.jsonl").write_bytes(b"")
@@ -113,6 +114,8 @@ def _refusals(tmp_path):
         (d + ["--batch-per-class", "-5"], "batch_per_class"),
         (d + ["--steps", "100000000"], "iterations"),
         (d + ["--depth", "9"], "cannot run on"),
+        (s + ["--head-epochs", "0"], "head_epochs must be"),
+        (s + ["--temperature", "nan"], "--temperature"),
         (d + ["--device", "cuda:7"], "cannot run"),
         (d + ["--signing-key", tmp_path], "is not a regular file"),
         (["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "a-file" / "o"], "cannot create"),
