@@ -439,9 +439,9 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     del features
     images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
                         initial=run.tensors["synthetic"].to(dev), progress=progress, on_step=on_synthesis)
-    images = quantise(images)  # 8-bit pixels: one byte each on the wire
-    if not bool(torch.isfinite(images).all()):
+    if not bool(torch.isfinite(images).all()):  # before quantising, which would turn NaN into black pixels
         raise EngineError("the synthetic images diverged (NaN). The budget stays spent.")
+    images = quantise(images)  # 8-bit pixels: one byte each on the wire
     soft = soft_labels(head, front_end, images.to(dev), config.temperature).cpu()
     claim = _run_claim(dataset, config, the_plan, label, config_dict, run_id=run.run_id,
                        sha256=content_hash(images, labels, soft), dimension=head.weight.numel() + head.bias.numel(),
