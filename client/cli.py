@@ -141,7 +141,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--base-records", type=int, default=0, help="ordinary records beside the canaries (0: the "
                    "canaries are the whole site, the audit's strongest setting)")
     e.add_argument("--guess-fraction", type=float, default=0.2, help="fraction of canaries guessed (half in, half out)")
-    add_arguments(e, ("ipc", "epsilon", "delta", "iterations", "inner_steps", "width", "seed"))
+    add_arguments(e, ("front_end", "ipc", "epsilon", "delta", "iterations", "inner_steps", "width", "head_epochs",
+                      "head_batch", "head_lr", "synthesis_steps", "temperature", "seed"))
     e.add_argument("--eval-epochs", type=int, default=100, help="epochs of the model the loss attack targets")
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")

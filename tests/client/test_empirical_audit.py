@@ -90,6 +90,23 @@ def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
     assert main(["audit", "--empirical", "--canaries", "60"]) == 2  # no data to draw canaries from: clear error
 
 
+def test_cli_audits_the_scatternet_engine_it_defaults_to(tmp_path):
+    import json
+
+    from client.cli import main
+
+    out = tmp_path / "empirical.json"
+    code = main(["audit", "--empirical", "--dataset", "mnist5k", "--canaries", "40", "--base-records", "60",
+                 "--epsilon", "2", "--ipc", "2", "--head-epochs", "2", "--head-batch", "50", "--synthesis-steps", "5",
+                 "--eval-epochs", "2", "--quiet", "--json", str(out), "--report", str(tmp_path / "r")])
+    assert code == 0
+    row = json.loads(out.read_text())
+    # the audited release is the ScatterNet engine's (its one DP-SGD run of the head), accounted as such
+    assert row["claim"]["front_end"] == "scatter" and row["config"]["head_batch"] == 50
+    assert row["recomputed_epsilon"] <= row["claimed_epsilon"] <= 2
+    assert row["empirical_epsilon_lower_bound"] <= row["claimed_epsilon"]
+
+
 def test_canaries_never_overlap_the_base_records():
     from client.empirical_audit import split_canary_pool
     from common.data import load_mnist5k
