@@ -78,7 +78,8 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "rounds": 1, "bytes_total": sum(s["upload_bytes"] for s in accepted), "seconds": m["wall_seconds"],
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
-            "site_seeding": site_seeding(m["sites"]), **_pool_choice(m)}
+            "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
+            "union_accuracy": m.get("union_accuracy"), **_pool_choice(m)}
 
 
 def _pool_choice(metrics: dict) -> dict:

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from client.class_counts import COUNT_RELEASES, noisy_class_counts
 from client.feature_synthesis import soft_labels, synthesise
 from client.head_training import linear_head, train_head
 from client.matching import matching_distance
@@ -137,13 +138,13 @@ def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
     """Sample rate, σ and ε of the run. The record count n enters only through q (public by design, as in DP-SGD).
 
     Pixels: T·K releases at q = batch-per-class · classes / n. A front end: one DP-SGD run of the head,
-    epochs / q steps at q = head-batch / n."""
+    epochs / q steps at q = head-batch / n, and one more release of that mechanism, the class histogram."""
     if config.front_end == "none":
         q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
         steps = config.releases
     else:
         q = config.sample_rate or min(1.0, config.head_batch / len(dataset))
-        steps = math.ceil(config.head_epochs / q)
+        steps = math.ceil(config.head_epochs / q) + COUNT_RELEASES
         if steps > MAX_RELEASES:
             raise EngineError(f"{config.head_epochs:g} epochs at q={q:.3g} are {steps} DP-SGD steps, more than "
                               f"{MAX_RELEASES:,}: no run of that length finishes")
@@ -250,7 +251,8 @@ def distill(
 
 
 def _run_claim(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict, *,
-               run_id: str, sha256: str, dimension: int, signal: list[float] | None, spend: dict[str, Any]) -> Claim:
+               run_id: str, sha256: str, dimension: int, signal: list[float] | None, spend: dict[str, Any],
+               counts: tuple[float, ...] | None = None) -> Claim:
     """The run's claim: its plan, settings and data shape, with what only the run knows (hash, signal, spend)."""
     m = the_plan.mechanism
     return Claim(run_id=run_id, epsilon=the_plan.epsilon, delta=the_plan.delta, noise_multiplier=m.noise_multiplier,
@@ -259,7 +261,7 @@ def _run_claim(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, lab
                  dataset=label, sha256=sha256, seed=config.seed, release_dimension=dimension,
                  class_signal=None if signal is None else tuple(signal), ledger_seq=spend["seq"],
                  ledger_head=spend["hash"], config=config_dict, versions=library_versions(),
-                 front_end=config.front_end, soft_labels=config.front_end != "none")
+                 front_end=config.front_end, soft_labels=config.front_end != "none", class_counts=counts)
 
 
 def _claim_fits(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, label: str, config_dict: dict) -> None:
@@ -433,8 +435,10 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     """DP-SGD of a linear head on the fixed front end's features (the one mechanism), then images fitted to the
     head and its soft labels on them (post-processing). A resumed run repeats it with the same secret."""
     front_end = build_front_end(config.front_end, dataset.image_shape).to(dev).eval()
+    counts = noisy_class_counts(dataset.labels, dataset.num_classes, the_plan.mechanism, secret=run.secret + 2)
     features = front_end.features(dataset.images.to(dev))  # a fixed map of each record: not a release
-    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, the_plan.mechanism, lr=config.head_lr,
+    head_steps = replace(the_plan.mechanism, steps=the_plan.mechanism.steps - COUNT_RELEASES)
+    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, head_steps, lr=config.head_lr,
                       momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
     del features
     images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
@@ -445,7 +449,7 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     soft = soft_labels(head, front_end, images.to(dev), config.temperature).cpu()
     claim = _run_claim(dataset, config, the_plan, label, config_dict, run_id=run.run_id,
                        sha256=content_hash(images, labels, soft), dimension=head.weight.numel() + head.bias.numel(),
-                       signal=None, spend=run.spend)
+                       signal=None, spend=run.spend, counts=counts)
     return claim, images, soft
 
 

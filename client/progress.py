@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 
+from client.class_counts import COUNT_RELEASES
 from client.config import DistillConfig
 from client.engine import plan
 from common.data import ImageDataset
@@ -21,9 +22,11 @@ class SiteProgress:
     def __init__(self, site: str, dataset: ImageDataset, config: DistillConfig, lines: int = 4) -> None:
         self.site, self.config = site, config
         self.plan = plan(dataset, config)
-        # pixels: outer iterations of K releases each; a front end: DP-SGD steps of one release each
+        # pixels: outer iterations of K releases each; a front end: the class histogram's release, then DP-SGD
+        # steps of one release each
         self.pixels = config.front_end == "none"
-        self.total = config.iterations if self.pixels else self.plan.mechanism.steps
+        self.before = 0 if self.pixels else COUNT_RELEASES
+        self.total = config.iterations if self.pixels else self.plan.mechanism.steps - COUNT_RELEASES
         self.unit, self.per = ("iteration", config.inner_steps) if self.pixels else ("DP-SGD step", 1)
         self.every = max(1, self.total // lines)
         self.started = time.monotonic()
@@ -45,7 +48,8 @@ class SiteProgress:
         m = self.plan.mechanism
         with warnings.catch_warnings():  # early on ε is tiny and Opacus asks for more RDP orders: harmless here
             warnings.simplefilter("ignore", UserWarning)
-            spent = epsilon_of_history([Mechanism(m.noise_multiplier, m.sample_rate, done * self.per, m.clip_norm)],
+            spent = epsilon_of_history([Mechanism(m.noise_multiplier, m.sample_rate, self.before + done * self.per,
+                                                  m.clip_norm)],
                                        self.plan.delta, self.plan.accountant)
         print(f"[fedsynth] {self.site}: {self.unit} {done}/{self.total}, ε spent {spent:.3g} of "
               f"{self.plan.epsilon:.3g}, {time.monotonic() - self.started:.0f} s", flush=True)

@@ -9,6 +9,7 @@ keys, out-of-range numbers, another format version — with a `ClaimError` namin
 
 `releases` is the number of composed Poisson-subsampled Gaussian releases (T·K), the
 accountant's step count; the run config's and CLI's `steps` is T, the outer iterations.
+`class_counts` (front-end runs) is the site's noisy class histogram, one of those releases.
 `ledger_seq`/`ledger_head` name the site-ledger entry that accounts for this release (its
 spend entry): the server keeps the highest sequence per site key, so a ledger rolled back
 to before an accepted release is caught at the site's next upload and by `fedsynth audit`.
@@ -66,6 +67,8 @@ class Claim:
     versions: Mapping[str, str] | None = None
     front_end: str = "none"  # the fixed feature map the set was made for (`common.front_end`)
     soft_labels: bool = False  # the set carries, per image, a class distribution from the site's DP model
+    # per class, the site's record count released with noise as one of the `releases` (`client.class_counts`)
+    class_counts: tuple[float, ...] | None = None
     format: str = CLAIM_FORMAT
 
     def __post_init__(self) -> None:
@@ -129,7 +132,7 @@ class Claim:
             raise ClaimError(f"claim: lacks {', '.join(missing)}")
         values = dict(data)
         values["epsilon"] = math.inf if data["epsilon"] is None else _number(data["epsilon"], "epsilon")
-        for key in ("classes", "image_shape", "class_signal"):
+        for key in ("classes", "image_shape", "class_signal", "class_counts"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         try:
@@ -227,6 +230,11 @@ def _check(claim: Claim) -> None:
             raise ClaimError("claim: class_signal must give one number per class")
         for value in claim.class_signal:
             _in_range(value, "class_signal[]", 0.0, 1e12)
+    if claim.class_counts is not None:
+        if not isinstance(claim.class_counts, tuple) or len(claim.class_counts) != len(claim.classes):
+            raise ClaimError("claim: class_counts must give one number per class")
+        for value in claim.class_counts:  # noisy: may be a little below zero
+            _in_range(value, "class_counts[]", -1e12, 1e12)
     if claim.front_end not in FRONT_ENDS:
         raise ClaimError(f"claim: front_end {_show(claim.front_end)} is not one of {', '.join(FRONT_ENDS)}")
     if not isinstance(claim.soft_labels, bool):

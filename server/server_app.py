@@ -15,11 +15,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.data import ImageDataset, load_dataset
 from common.evaluation import TrainConfig, accuracy, train_classifier
-from common.front_end import FRONT_ENDS, build_front_end
-from common.front_end.fit import fit_head
+from common.front_end import FRONT_ENDS
 from common.versions import library_versions
 from server.anchors import AnchorsError, LedgerAnchors
 from server.collect import stream_replies
+from server.front_end_model import fit_front_end_model
 from server.intake import Intake
 from server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
 from server.registry import KeyRegistry
@@ -126,15 +126,20 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-    else:  # a ridge head on the sites' front end, fitted to their heads' soft labels
-        model = fit_head(build_front_end(front_end, test.image_shape), images, labels, test.num_classes, soft,
-                         weights)
+        aggregation, union_acc = None, None
+    else:  # a ridge head on the sites' front end, from their heads' soft labels (and class counts)
+        fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
+                   weights=weights)
+        model, aggregation = fit_front_end_model(front_end, accepted, **fit)
+        union_acc = None if aggregation == "union" else accuracy(
+            fit_front_end_model(front_end, accepted, **fit, aggregation="union")[0], test)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
                "train_config": train_config.__dict__ if front_end == "none" else
                {"model": f"{front_end} + ridge head", "soft_labels": True}, "front_end": front_end,
+               "aggregation": aggregation, "union_accuracy": union_acc,
                "pool_weighting": "uniform" if weights is None else chosen,
                "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,

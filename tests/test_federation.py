@@ -90,7 +90,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_scatter_round_pools_images_with_soft_labels_and_fits_the_ridge_head(tmp_path, monkeypatch):
+def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_heads(tmp_path, monkeypatch):
     """The front-end engine through a real round: soft labels on the wire, checked, pooled, fitted."""
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
@@ -102,6 +102,8 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_fits_the_ridge_head(t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["front_end"] == "scatter" and metrics["sites_accepted"] == 2
     assert metrics["train_config"]["model"] == "scatter + ridge head"
+    # every site released its noisy class counts, so the sites' heads are combined by pairwise consensus
+    assert metrics["aggregation"] == "pairwise-consensus" and 0.0 <= metrics["union_accuracy"] <= 1.0
     assert all(s["accepted"] for s in metrics["sites"])
     assert metrics["accuracy"] > 0.3  # chance is 0.1
     pool = load_file(str(out / "synthetic_pool.safetensors"))

@@ -26,7 +26,12 @@ def test_a_scatter_run_spends_one_dp_sgd_run_and_releases_images_with_soft_label
     claim, synthetic = result.synthetic.claim, result.synthetic
     q = 60 / len(tiny_mnist)
     assert claim.front_end == "scatter" and claim.soft_labels
-    assert claim.sample_rate == pytest.approx(q) and claim.releases == math.ceil(2.0 / q)
+    # the head's ⌈epochs / q⌉ DP-SGD steps and the class histogram: one more release of the same mechanism
+    assert claim.sample_rate == pytest.approx(q) and claim.releases == math.ceil(2.0 / q) + 1
+    true_counts = torch.bincount(tiny_mnist.labels, minlength=10).double()
+    sd = claim.noise_multiplier / q  # the histogram's noise in records, before the Poisson sampling's own
+    assert len(claim.class_counts) == 10
+    assert (torch.tensor(claim.class_counts) - true_counts).abs().max() < 5 * (sd**2 + true_counts.max() / q) ** 0.5
     assert claim.epsilon <= 4.0
     assert claim.release_dimension == 81 * 7 * 7 * 10 + 10
     (spend,) = [e for e in ledger.entries() if e["kind"] == "spend"]
@@ -42,7 +47,7 @@ def test_a_scatter_run_spends_one_dp_sgd_run_and_releases_images_with_soft_label
 
 def test_the_plan_is_epochs_over_q_steps_and_a_run_that_cannot_finish_is_refused(tiny_mnist):
     the_plan = plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 20.0, "head_batch": 30.0}))
-    assert the_plan.mechanism.steps == 200
+    assert the_plan.mechanism.steps == 200 + 1  # and the class histogram
     with pytest.raises(EngineError, match="no run of that length finishes"):
         plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 10_000.0, "sample_rate": 0.001}))
 
@@ -54,17 +59,22 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
 
 
 def test_real_data_reaches_the_set_only_through_the_dp_sgd_of_the_head(tiny_mnist, tmp_path, monkeypatch):
-    """Blind the one real-data path (the head's DP-SGD): images and soft labels must then not depend on the records."""
+    """Blind the real-data paths (the head's DP-SGD and the noisy class histogram): images, soft labels and
+    released counts must then not depend on the records."""
     other = _scrambled(tiny_mnist, 1)
     control_a, control_b = _run(tiny_mnist, tmp_path, "ca").synthetic, _run(other, tmp_path, "cb").synthetic
     assert not torch.equal(control_a.soft_labels, control_b.soft_labels), "control: the records do shape the set"
+    assert control_a.claim.class_counts != control_b.claim.class_counts, "control: and the released counts"
 
-    original = engine.train_head
-    monkeypatch.setattr(engine, "train_head", lambda features, labels, *a, **kw: original(
+    original_head, original_counts = engine.train_head, engine.noisy_class_counts
+    monkeypatch.setattr(engine, "train_head", lambda features, labels, *a, **kw: original_head(
         torch.zeros_like(features), torch.zeros_like(labels), *a, **kw))
+    monkeypatch.setattr(engine, "noisy_class_counts", lambda labels, *a, **kw: original_counts(
+        torch.zeros_like(labels), *a, **kw))
     blind_a, blind_b = _run(tiny_mnist, tmp_path, "ba").synthetic, _run(other, tmp_path, "bb").synthetic
     assert torch.equal(blind_a.images, blind_b.images)
     assert torch.equal(blind_a.soft_labels, blind_b.soft_labels)
+    assert blind_a.claim.class_counts == blind_b.claim.class_counts
 
 
 class Crash(Exception):

@@ -20,7 +20,7 @@ def _json(**changes) -> str:
 
 
 def test_round_trip_is_exact_and_infinity_is_null_on_the_wire():
-    claim = _claim(sigma=0.0, class_signal=(0.5,) * 10)
+    claim = _claim(sigma=0.0, class_signal=(0.5,) * 10, class_counts=(-1.5,) + (120.25,) * 9)
     assert math.isinf(claim.epsilon) and json.loads(claim.to_json())["epsilon"] is None
     assert Claim.from_json(claim.to_json()) == claim
     assert Claim.from_json(claim.to_json()).to_json() == claim.to_json()  # the signed bytes survive a trip
@@ -36,6 +36,10 @@ def test_round_trip_is_exact_and_infinity_is_null_on_the_wire():
     (_json(release_dimension=10**400), "release_dimension must lie in"),
     (_json(class_signal=[1e308] * 10), "class_signal[] must lie in"),
     (_json(class_signal=[1.0] * 9), "one number per class"),
+    (_json(class_counts=[1.0] * 11), "class_counts must give one number per class"),
+    (_json(class_counts=[1e300] * 10), "class_counts[] must lie in"),
+    (_json(class_counts=["5"] * 10), "class_counts[] must be a number"),
+    (_json(class_counts=5), "class_counts must give one number per class"),
     (_json(clip_norm=0), "clip_norm must lie in"),
     (_json(delta=1.0), "delta must lie in"),
     (_json(sample_rate=0), "sample_rate must lie in"),

@@ -1,0 +1,46 @@
+"""The global model of a front-end round: a linear head on the sites' front end, in closed form.
+
+When every accepted site released its noisy class counts, the sites' heads (each recovered from
+its own set) are combined by pairwise consensus (`common.front_end.consensus`), which keeps what
+each site knows about the class pairs it held; otherwise one ridge head is fitted to the union.
+A site's counts weigh its head, so they are capped at the records its sample rate implies
+(head-batch / q, the round's head-batch): a site cannot outweigh the others by claiming more.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from common.front_end import build_front_end
+from common.front_end.consensus import fit_consensus
+from common.front_end.fit import FrontEndClassifier, fit_head
+from common.payload import Upload
+
+AGGREGATIONS = ("pairwise-consensus", "union")
+
+
+def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
+    """The site's noisy class counts (≥ 0), scaled down to total at most head-batch / q."""
+    counts = torch.tensor(upload.claim.class_counts, dtype=torch.float64).clamp_min(0.0)
+    cap = head_batch / upload.claim.sample_rate
+    total = float(counts.sum())
+    return counts * (cap / total) if total > cap else counts
+
+
+def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
+                        image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
+                        aggregation: str | None = None) -> tuple[FrontEndClassifier, str]:
+    """The round's head and how it was combined (`aggregation`: None picks consensus when every site has counts)."""
+    fe = build_front_end(front_end, image_shape)
+    counted = all(u.claim.class_counts is not None for u in uploads)
+    chosen = aggregation or ("pairwise-consensus" if counted else "union")
+    if chosen == "pairwise-consensus" and counted:
+        sets = [(u.images, u.labels, u.soft_labels) for u in uploads]
+        counts = [capped_counts(u, head_batch) for u in uploads]
+        return fit_consensus(fe, sets, counts, num_classes), chosen
+    images = torch.cat([u.images for u in uploads])
+    labels = torch.cat([u.labels for u in uploads])
+    soft = torch.cat([u.soft_labels for u in uploads])
+    return fit_head(fe, images, labels, num_classes, soft, weights), "union"
