@@ -27,9 +27,9 @@ ENGINE = dict(front_end="none", ipc=10, width=32, iterations=100, inner_steps=5,
 
 
 def run_row(epsilon: float, canaries: int, base_records: int, seed: int, device: str) -> dict:
-    from client.engine import DistillConfig
-    from client.empirical_audit import run_empirical_audit
-    from common.data import load_fashion_mnist
+    from fedsynth.client.engine import DistillConfig
+    from fedsynth.client.empirical_audit import run_empirical_audit
+    from fedsynth.common.data import load_fashion_mnist
 
     config = DistillConfig(epsilon=epsilon, delta=1e-5, seed=seed, **ENGINE)
     row = run_empirical_audit(load_fashion_mnist(train=True), config, canaries, base_records, progress=True,

@@ -54,7 +54,7 @@ CENTRAL_HEAD = dict(epochs=20, batch_size=4096, lr=0.4, clip_norm=1.0, momentum=
 
 
 def _simulate(app: Path, sites: int, run_config: str) -> dict:
-    from common.simulation import run_simulation
+    from fedsynth.common.simulation import run_simulation
 
     with tempfile.TemporaryDirectory(prefix="fedsynth-compare-") as tmp:
         out = Path(tmp) / "out"
@@ -127,8 +127,8 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
 
 
 def run_fedavg(sites: int, partition: str, alpha: float, epsilon: float, seed: int) -> dict:
-    from common.simulation import write_app_variant
-    from server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
+    from fedsynth.common.simulation import write_app_variant
+    from fedsynth.server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
 
     with tempfile.TemporaryDirectory(prefix="fedsynth-fedavg-app-") as tmp:
         app = write_app_variant(Path(tmp), extra_config=BASELINE_CONFIG, **BASELINE_COMPONENTS)
@@ -144,12 +144,12 @@ def run_fedavg(sites: int, partition: str, alpha: float, epsilon: float, seed: i
 
 def run_central_head(epsilon: float, seed: int) -> dict:
     """One party with all the training data: DP-SGD of a linear head on the front end's features (Tramèr & Boneh)."""
-    from client.head_training import train_head
-    from common.data import load_dataset
-    from common.evaluation import accuracy
-    from common.front_end import build_front_end
-    from common.front_end.fit import FrontEndClassifier
-    from common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
+    from fedsynth.client.head_training import train_head
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.evaluation import accuracy
+    from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.front_end.fit import FrontEndClassifier
+    from fedsynth.common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
 
     c = CENTRAL_HEAD
     train, test = load_dataset(DATASET["name"], train=True), load_dataset(DATASET["name"], train=False)
@@ -173,10 +173,10 @@ def run_central(epsilon: float, seed: int) -> dict:
     """One party with all the training data: DP-SGD at (ε, 1e-5), or plain SGD for ε = ∞."""
     if FRONT_END["name"] != "none":
         return run_central_head(epsilon, seed)
-    from client.local_training import plan_dp_sgd, train_locally
-    from common.data import load_dataset
-    from common.evaluation import accuracy
-    from common.models import ConvNet
+    from fedsynth.client.local_training import plan_dp_sgd, train_locally
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.evaluation import accuracy
+    from fedsynth.common.models import ConvNet
 
     c = CENTRAL
     train, test = load_dataset(DATASET["name"], train=True), load_dataset(DATASET["name"], train=False)
@@ -197,7 +197,7 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     With `earlier` (this row as measured before), its seeds are kept as they were and only the
     others run: adding a seed costs one run, not a re-run of all of them.
     """
-    from common.versions import library_versions
+    from fedsynth.common.versions import library_versions
 
     if earlier and method in ("fedsynth", "distill-nodp") and earlier.get("site_seeding") != "per-site":
         raise SystemExit(f"{method} at ε={epsilon}: the row's seeds ran with one seed shared by all sites, "

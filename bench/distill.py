@@ -150,13 +150,13 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     `iterations` shortens (or lengthens) the profile's run, e.g. to fit a lent GPU's time;
     σ is calibrated for the count actually run, and the row is labelled apart (`profile_label`).
     """
-    from client.engine import DistillConfig, distill
-    from common.runtime import resolve_device
-    from common.data import load_fashion_mnist
-    from common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
-    from common.ledger import Ledger
-    from common.synthetic_set import SET_FILE, CLAIM_FILE, PICTURE_FILE
-    from common.versions import library_versions
+    from fedsynth.client.engine import DistillConfig, distill
+    from fedsynth.common.runtime import resolve_device
+    from fedsynth.common.data import load_fashion_mnist
+    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
+    from fedsynth.common.ledger import Ledger
+    from fedsynth.common.synthetic_set import SET_FILE, CLAIM_FILE, PICTURE_FILE
+    from fedsynth.common.versions import library_versions
 
     settings = PROFILES[profile]
     fields = {**distill_settings(profile, epsilon), **({"iterations": iterations} if iterations else {})}
@@ -230,10 +230,10 @@ def set_bytes(synthetic) -> int:
 def reevaluate_row(row: dict, seeds: int, device: str) -> dict:
     """Train fresh networks on a kept set with today's evaluation protocol; the set and its distillation stay as
     they were."""
-    from common.runtime import resolve_device
-    from common.data import load_fashion_mnist
-    from common.evaluation import TrainConfig, evaluate_synthetic
-    from common.synthetic_set import load_synthetic_set
+    from fedsynth.common.runtime import resolve_device
+    from fedsynth.common.data import load_fashion_mnist
+    from fedsynth.common.evaluation import TrainConfig, evaluate_synthetic
+    from fedsynth.common.synthetic_set import load_synthetic_set
 
     synthetic = load_synthetic_set(ROOT / row["set"])
     started = time.time()

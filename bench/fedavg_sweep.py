@@ -33,9 +33,9 @@ OUT = ROOT / "bench" / "results" / "fedavg_sweep.json"
 
 def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) -> float:
     """Test accuracy of the global head after `rounds` rounds of DP-FedAvg."""
-    from client.head_training import train_head
-    from client.local_training import plan_dp_sgd
-    from common.models import linear_head
+    from fedsynth.client.head_training import train_head
+    from fedsynth.client.local_training import plan_dp_sgd
+    from fedsynth.common.models import linear_head
 
     global_head = linear_head(test[0].shape[1], 10)
     plans = [plan_dp_sgd(len(y), BATCH, 1, rounds, epsilon, 1e-5, 1.0) for _, y in sites]
@@ -59,10 +59,10 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from common.data import load_fashion_mnist
-    from common.front_end import build_front_end
-    from common.partition import partition_indices
-    from common.versions import library_versions
+    from fedsynth.common.data import load_fashion_mnist
+    from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.partition import partition_indices
+    from fedsynth.common.versions import library_versions
 
     train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
     front_end = build_front_end("scatter", train.image_shape).eval()

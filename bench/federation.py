@@ -73,8 +73,8 @@ def run_row(sites: int, partition: str, alpha: float, epsilon: float, seed: int,
             federation_config: str | None, profile: str = "cpu", keep_pool: Path | None = None) -> dict:
     """One simulated round; the row is read back from the server's metrics.json. `keep_pool`: a folder to
     keep the round's pooled synthetic set in (`<row name>.safetensors`), to study the server's training on it."""
-    from common.simulation import run_simulation
-    from common.versions import library_versions
+    from fedsynth.common.simulation import run_simulation
+    from fedsynth.common.versions import library_versions
 
     name = (f"sites{sites}_{partition if sites > 1 else 'all'}_eps{epsilon:g}"
             + ("" if profile == "cpu" else f"_{profile}"))

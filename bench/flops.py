@@ -32,9 +32,9 @@ PEAK_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5}
 
 def _distill(config, device: str) -> float:
     """Seconds of one engine run (its own fresh ledger); the FLOPs are counted by the caller's context."""
-    from client.engine import distill
-    from common.data import load_fashion_mnist
-    from common.ledger import Ledger
+    from fedsynth.client.engine import distill
+    from fedsynth.common.data import load_fashion_mnist
+    from fedsynth.common.ledger import Ledger
 
     data = load_fashion_mnist(train=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,9 +53,9 @@ def measure(profile: str, device: str, iterations: int, epsilon: float = 10.0) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from client.engine import DistillConfig
-    from common.runtime import resolve_device
-    from common.versions import library_versions
+    from fedsynth.client.engine import DistillConfig
+    from fedsynth.common.runtime import resolve_device
+    from fedsynth.common.versions import library_versions
 
     settings = distill_settings(profile, epsilon)
     dev = str(resolve_device(device))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def merge_rows(path: Path, benchmark: str, rows: list[dict], key: Callable[[dict], Any],
                order: Callable[[dict], Any] | None = None) -> list[dict]:
     """Replace the file's rows that have the same `key`, keep the others, write strict JSON; return all rows."""
-    from common.synthetic_set import write_json
+    from fedsynth.common.synthetic_set import write_json
 
     existing = json.loads(path.read_text())["rows"] if path.exists() else []
     keyed = {key(r): r for r in existing}

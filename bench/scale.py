@@ -59,8 +59,8 @@ class PeakTreeMemory:
 
 
 def run_row(sites: int, run_config: str, federation_config: str | None) -> dict:
-    from common.simulation import run_simulation
-    from common.versions import library_versions
+    from fedsynth.common.simulation import run_simulation
+    from fedsynth.common.versions import library_versions
 
     with tempfile.TemporaryDirectory(prefix="fedsynth-scale-") as tmp:
         out = Path(tmp) / "out"
@@ -94,7 +94,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    from common.synthetic_set import write_json
+    from fedsynth.common.synthetic_set import write_json
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="*", default=[10, 30, 100])

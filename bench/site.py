@@ -43,7 +43,7 @@ def app_request(epsilon: float, seed: int) -> dict:
 
 def parse_overrides(pairs: list[str]) -> dict:
     """`name=value` pairs of DistillConfig fields; values parsed as JSON where they are JSON (numbers, true)."""
-    from client.engine import DistillConfig
+    from fedsynth.client.engine import DistillConfig
 
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     overrides = {}
@@ -59,13 +59,13 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run_row(args: argparse.Namespace, overrides: dict) -> dict:
-    from client.client_app import distill_config
-    from client.engine import distill
-    from common.data import load_dataset
-    from common.evaluation import TrainConfig, evaluate_synthetic
-    from common.ledger import Ledger
-    from common.partition import site_dataset
-    from common.versions import library_versions
+    from fedsynth.client.client_app import distill_config
+    from fedsynth.client.engine import distill
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.evaluation import TrainConfig, evaluate_synthetic
+    from fedsynth.common.ledger import Ledger
+    from fedsynth.common.partition import site_dataset
+    from fedsynth.common.versions import library_versions
 
     request = app_request(args.epsilon, args.seed)
     train, test = load_dataset(request["dataset"], train=True), load_dataset(request["dataset"], train=False)
@@ -101,7 +101,7 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
 
 def _effective_config(config: dict) -> dict:
     """A recorded DistillConfig with fields added since filled with their defaults, ε left out (keyed apart)."""
-    from client.engine import DistillConfig
+    from fedsynth.client.engine import DistillConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
     return {k: v for k, v in {**defaults, **config}.items() if k != "epsilon"}
@@ -109,7 +109,7 @@ def _effective_config(config: dict) -> dict:
 
 def _changes(row: dict) -> dict:
     """Fields where a row's config differs from what the app would run today at that site and ε."""
-    from client.client_app import distill_config
+    from fedsynth.client.client_app import distill_config
 
     epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
     today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]),

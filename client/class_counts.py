@@ -4,14 +4,14 @@ Each record of a Poisson sample at the run's rate q contributes C·e_y (norm C, 
 clipped gradient); the sum gets N(0, σ²C²) noise per class, exactly like one DP-SGD step, so the ledger
 accounts for it as one more composed release of the claimed mechanism. Dividing by C·q gives an unbiased
 count per class with standard deviation σ/q. The server weighs each site's head by these counts when it
-combines sites with different label mixes (`common.front_end.consensus`).
+combines sites with different label mixes (`fedsynth.common.front_end.consensus`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from common.privacy.accounting import Mechanism
+from fedsynth.common.privacy.accounting import Mechanism
 
 COUNT_RELEASES = 1  # releases of the mechanism the histogram takes, on top of the head's DP-SGD steps
 

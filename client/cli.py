@@ -9,10 +9,10 @@ from typing import NoReturn
 
 from safetensors import SafetensorError
 
-from client.config import add_arguments, check_settings, epsilon_value, from_arguments
-from common.data import DATASETS, DataError
-from common.errors import FedsynthError, one_line
-from common.runtime import fedsynth_home
+from fedsynth.client.config import add_arguments, check_settings, epsilon_value, from_arguments
+from fedsynth.common.data import DATASETS, DataError
+from fedsynth.common.errors import FedsynthError, one_line
+from fedsynth.common.runtime import fedsynth_home
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +82,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, default=10, help="number of simulated sites (Flower's num-supernodes)")
     p.add_argument("--run-config",
                    help='overrides of [tool.flwr.app.config], e.g. "epsilon=1.0 partition=\'dirichlet\'"')
-    p.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1], help="the Flower app folder")
+    p.add_argument("--app", type=Path, help="a Flower app folder (default: fedsynth's own app, as installed)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs too (default: fedsynth's "
                    "lines only; the logs are shown anyway when the run fails)")
     p.add_argument("--federation-config", help='Flower simulation settings, e.g. "client-resources-num-cpus=4 '
@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from client.engine import distill
-    from common.data import load_dataset
-    from common.ledger import Ledger
+    from fedsynth.client.engine import distill
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.ledger import Ledger
 
     config = from_arguments(args)
     check_settings(config)  # before any file is made
@@ -176,7 +176,7 @@ def _run_distill(args: argparse.Namespace) -> int:
         dataset = dataset.subset(chosen.sort().values)
     signer = None
     if args.signing_key:
-        from common.signing import load_private_key
+        from fedsynth.common.signing import load_private_key
 
         signer = load_private_key(args.signing_key)
     ledger = Ledger.open(args.ledger or fedsynth_home() / "ledger.jsonl", budget_epsilon=args.site_budget,
@@ -193,11 +193,11 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from common.data import load_dataset
-    from common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
-    from common.runtime import resolve_device
-    from common.synthetic_set import SetError, load_synthetic_set, set_problem, soft_label_problem
-    from common.versions import library_versions
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
+    from fedsynth.common.runtime import resolve_device
+    from fedsynth.common.synthetic_set import SetError, load_synthetic_set, set_problem, soft_label_problem
+    from fedsynth.common.versions import library_versions
 
     synthetic = load_synthetic_set(args.set)
     if args.data_dir is not None:
@@ -231,7 +231,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           f"over {trained} on {test.name} test ({len(test)} images)"
           + (", each image weighted as in the file" if weights is not None else ""))
     if args.json:
-        from common.synthetic_set import write_json
+        from fedsynth.common.synthetic_set import write_json
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
@@ -239,14 +239,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from common.simulation import run_simulation
+    import tempfile
 
-    return run_simulation(args.app, args.sites, args.run_config, federation_config=args.federation_config,
-                          verbose=args.verbose)
+    from fedsynth.common.simulation import run_simulation, write_app_variant
+
+    with tempfile.TemporaryDirectory(prefix="fedsynth-app-") as tmp:
+        app = args.app or write_app_variant(Path(tmp))
+        return run_simulation(app, args.sites, args.run_config, federation_config=args.federation_config,
+                              verbose=args.verbose)
 
 
 def _run_keys(args: argparse.Namespace) -> int:
-    from common.pki import DEFAULT_HOSTS, KeyPlan, make_keys
+    from fedsynth.common.pki import DEFAULT_HOSTS, KeyPlan, make_keys
 
     if args.sites is None and not args.site_names and not args.hosts:
         raise ValueError("say which keys to make: --sites N, --site-names NAME..., "
@@ -266,7 +270,7 @@ def _run_keys(args: argparse.Namespace) -> int:
 def _run_deploy(args: argparse.Namespace) -> int:
     import os
 
-    from common.deployment import describe, superlink_command, supernode_command
+    from fedsynth.common.deployment import describe, superlink_command, supernode_command
 
     if args.role == "superlink":
         if not (args.keys / "superlink" / "server.pem").exists():
@@ -294,10 +298,10 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from common.audit.recheck import audit_ledger, audit_run_dir, read_anchors
-    from common.audit.report import release_table, site_table, write_report
-    from common.signing import load_public_key
-    from common.synthetic_set import write_json
+    from fedsynth.common.audit.recheck import audit_ledger, audit_run_dir, read_anchors
+    from fedsynth.common.audit.report import release_table, site_table, write_report
+    from fedsynth.common.signing import load_public_key
+    from fedsynth.common.synthetic_set import write_json
 
     if args.empirical:
         return _run_empirical_audit(args)
@@ -328,9 +332,9 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _run_empirical_audit(args: argparse.Namespace) -> int:
-    from client.empirical_audit import run_empirical_audit, summary_table
-    from common.data import load_dataset
-    from common.synthetic_set import write_json
+    from fedsynth.client.empirical_audit import run_empirical_audit, summary_table
+    from fedsynth.common.data import load_dataset
+    from fedsynth.common.synthetic_set import write_json
 
     if args.path is not None:
         raise ValueError("--empirical audits a fresh run of the pipeline, not a ledger or folder: drop the path")

@@ -15,16 +15,16 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.config import DistillConfig, from_request
-from client.engine import distill
-from client.progress import SiteProgress
-from common.data import ImageDataset, load_dataset
-from common.errors import FedsynthError
-from common.ledger import Ledger
-from common.partition import site_dataset
-from common.payload import refusal_record, telemetry_record, to_record, valid_site_name
-from common.runtime import fedsynth_home
-from common.signing import generate_signing_key, load_private_key, sign
+from fedsynth.client.config import DistillConfig, from_request
+from fedsynth.client.engine import distill
+from fedsynth.client.progress import SiteProgress
+from fedsynth.common.data import ImageDataset, load_dataset
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.partition import site_dataset
+from fedsynth.common.payload import refusal_record, telemetry_record, to_record, valid_site_name
+from fedsynth.common.runtime import fedsynth_home
+from fedsynth.common.signing import generate_signing_key, load_private_key, sign
 
 app = ClientApp()
 
@@ -52,7 +52,8 @@ def site_seed(round_seed: int, site: str) -> int:
 
 
 def distill_config(request: dict, site: str) -> DistillConfig:
-    """The engine settings a site uses for the server's request (the run config's engine keys, `client.config`).
+    """The engine settings a site uses for the server's request (the run config's engine keys,
+    `fedsynth.client.config`).
 
     Non-IID sites hold some classes sparsely or not at all, and distil every class anyway."""
     return from_request(request, seed=site_seed(_round_seed(request), site), every_class_populated=False)

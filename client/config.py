@@ -14,12 +14,12 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from client.errors import EngineError
-from client.matching import UNITS as MATCH_UNITS
-from common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
-from common.front_end import FRONT_ENDS
-from common.models import NORMS
-from common.privacy.accounting import ACCOUNTANTS
+from fedsynth.client.errors import EngineError
+from fedsynth.client.matching import UNITS as MATCH_UNITS
+from fedsynth.common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
+from fedsynth.common.front_end import FRONT_ENDS
+from fedsynth.common.models import NORMS
+from fedsynth.common.privacy.accounting import ACCOUNTANTS
 
 MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases (the most a claim may carry)
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import binom
 
-from common.data import ImageDataset, to_model_space
-from common.runtime import resolve_device
+from fedsynth.common.data import ImageDataset, to_model_space
+from fedsynth.common.runtime import resolve_device
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,8 +120,8 @@ class CanaryRelease:
 def release_with_canaries(base: ImageDataset, canary_pool: ImageDataset, config, canaries: int = 200, seed: int = 0,
                           progress: bool = True, device: str = "auto") -> CanaryRelease:
     """Run the engine once on `base` plus the canaries whose coin came up "in"."""
-    from client.engine import distill
-    from common.ledger import Ledger
+    from fedsynth.client.engine import distill
+    from fedsynth.common.ledger import Ledger
 
     started = time.time()
     canary_set, included = make_canaries(canary_pool, canaries, seed)
@@ -139,7 +139,7 @@ def audit_release(release: CanaryRelease, guess_fraction: float = 0.2, scorer: S
                   eval_epochs: int = 100, seed: int = 0, device: str = "auto") -> CanaryAudit:
     """Score every canary from the release, guess the top and bottom `guess_fraction / 2`, bound ε;
     then the loss-threshold attack on a model trained on the release."""
-    from common.evaluation import TrainConfig, train_classifier
+    from fedsynth.common.evaluation import TrainConfig, train_classifier
 
     started = time.time()
     canaries, included, synthetic = release.canaries, release.included, release.synthetic
@@ -169,7 +169,7 @@ def split_canary_pool(data: ImageDataset, canaries: int, base_records: int,
 
 def recomputed_epsilon(claim) -> float | None:
     """The claim's ε recomputed by dp-accounting's PLD accountant from its mechanism; None for no noise."""
-    from common.privacy.independent import pld_epsilon
+    from fedsynth.common.privacy.independent import pld_epsilon
 
     return pld_epsilon([claim.mechanism], claim.delta) if claim.private else None
 
@@ -179,8 +179,8 @@ def run_empirical_audit(data: ImageDataset, config, canaries: int = 200, base_re
                         report_dir: Path | None = None, device: str = "auto") -> dict:
     """The whole `fedsynth audit --empirical`: canaries split off `data`, one release, the bound, the attack;
     returns the result row (claimed, recomputed and empirical ε side by side, with config, versions, seed)."""
-    from common.plots import save_canary_scores
-    from common.versions import library_versions
+    from fedsynth.common.plots import save_canary_scores
+    from fedsynth.common.versions import library_versions
 
     base, pool = split_canary_pool(data, canaries, base_records, config.seed)
     release = release_with_canaries(base, pool, config, canaries, seed=config.seed, progress=progress, device=device)

@@ -33,31 +33,31 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from client.class_counts import COUNT_RELEASES, noisy_class_counts
-from client.feature_synthesis import soft_labels, synthesise
-from client.head_training import linear_head, train_head
-from client.matching import matching_distance
-from client.noisy_gradient import NoisyClassGradients
-from client.config import DistillConfig, check_settings
-from client.errors import EngineError
-from client.release_store import ReleaseStore
-from client.run_folder import RunFolder
-from common.augment import Augmenter, AugmentParams, per_example
-from common.data import DataError, ImageDataset, to_model_space, to_pixel_space
-from common.claim import MAX_RELEASES, Claim, ClaimError
-from common.errors import one_line
-from common.front_end import build_front_end
-from common.ledger import Ledger, LedgerError
-from common.models import ConvNet, ModelNotPrivateError, check_private
-from common.privacy.accounting import (
+from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
+from fedsynth.client.feature_synthesis import soft_labels, synthesise
+from fedsynth.client.head_training import linear_head, train_head
+from fedsynth.client.matching import matching_distance
+from fedsynth.client.noisy_gradient import NoisyClassGradients
+from fedsynth.client.config import DistillConfig, check_settings
+from fedsynth.client.errors import EngineError
+from fedsynth.client.release_store import ReleaseStore
+from fedsynth.client.run_folder import RunFolder
+from fedsynth.common.augment import Augmenter, AugmentParams, per_example
+from fedsynth.common.data import DataError, ImageDataset, to_model_space, to_pixel_space
+from fedsynth.common.claim import MAX_RELEASES, Claim, ClaimError
+from fedsynth.common.errors import one_line
+from fedsynth.common.front_end import build_front_end
+from fedsynth.common.ledger import Ledger, LedgerError
+from fedsynth.common.models import ConvNet, ModelNotPrivateError, check_private
+from fedsynth.common.privacy.accounting import (
     Mechanism,
     calibrate_noise_multiplier,
     check_delta,
     epsilon_of_history,
 )
-from common.runtime import resolve_device
-from common.synthetic_set import SyntheticSet, content_hash, json_safe, quantise, save_synthetic_set
-from common.versions import library_versions
+from fedsynth.common.runtime import resolve_device
+from fedsynth.common.synthetic_set import SyntheticSet, content_hash, json_safe, quantise, save_synthetic_set
+from fedsynth.common.versions import library_versions
 
 __all__ = ["DistillConfig", "DistillResult", "EngineError", "Plan", "check_settings", "distill", "plan", "validate"]
 

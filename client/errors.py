@@ -1,6 +1,6 @@
 """The site engine's refusal."""
 
-from common.errors import FedsynthError
+from fedsynth.common.errors import FedsynthError
 
 
 class EngineError(FedsynthError, RuntimeError):

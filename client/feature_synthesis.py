@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.front_end import FrontEnd
+from fedsynth.common.front_end import FrontEnd
 
 RIDGE = 1e-3  # keeps the Gram matrix of the synthetic features invertible
 WARM_UP = 0.2  # the fraction of steps that also pulls each image towards its class

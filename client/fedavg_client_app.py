@@ -17,13 +17,13 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.client_app import site_data
-from client.head_training import train_head
-from client.local_training import plan_dp_sgd, train_locally
-from common.data import ImageDataset
-from common.front_end import build_front_end
-from common.models import ConvNet
-from common.runtime import resolve_device
+from fedsynth.client.client_app import site_data
+from fedsynth.client.head_training import train_head
+from fedsynth.client.local_training import plan_dp_sgd, train_locally
+from fedsynth.common.data import ImageDataset
+from fedsynth.common.front_end import build_front_end
+from fedsynth.common.models import ConvNet
+from fedsynth.common.runtime import resolve_device
 
 app = ClientApp()
 _FEATURES: dict[tuple, torch.Tensor] = {}  # a site's front-end features, computed once per process (fixed map)

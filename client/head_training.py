@@ -18,8 +18,8 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from tqdm.auto import tqdm
 
-from common.models import linear_head
-from common.privacy.accounting import Mechanism
+from fedsynth.common.models import linear_head
+from fedsynth.common.privacy.accounting import Mechanism
 
 __all__ = ["linear_head", "train_head"]
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from common.data import ImageDataset, to_model_space
-from common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
+from fedsynth.common.data import ImageDataset, to_model_space
+from fedsynth.common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
 
 
 @dataclass(frozen=True)

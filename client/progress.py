@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 import warnings
 
-from client.class_counts import COUNT_RELEASES
-from client.config import DistillConfig
-from client.engine import plan
-from common.data import ImageDataset
-from common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.client.class_counts import COUNT_RELEASES
+from fedsynth.client.config import DistillConfig
+from fedsynth.client.engine import plan
+from fedsynth.common.data import ImageDataset
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
 
 
 class SiteProgress:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.augment import AugmentParams
+from fedsynth.common.augment import AugmentParams
 
 FILE_PREFIX = "releases-"
 

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from client.errors import EngineError
+from fedsynth.client.errors import EngineError
 
 CHECKPOINT_DIR = ".fedsynth-checkpoint"
 LOCK_FILE = ".fedsynth-lock"

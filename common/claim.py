@@ -1,7 +1,7 @@
 """The signed privacy claim a site sends with its synthetic set: one frozen type, parsed strictly.
 
 The engine builds a `Claim`; the site signs `claim.to_json_dict()` (with the round's run id
-and nonce, `common.signing`); the server, pool, report and audit read its attributes. On the
+and nonce, `fedsynth.common.signing`); the server, pool, report and audit read its attributes. On the
 wire it is strict JSON: ε = ∞ (no noise) is `null` there and `math.inf` here, converted in
 this module only. `Claim.from_json` refuses anything it cannot hold exactly — oversized or
 deeply nested JSON, NaN/Infinity, bools or floats where integers belong, unknown or missing
@@ -23,9 +23,9 @@ import re
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Mapping
 
-from common.errors import FedsynthError
-from common.front_end.base import FRONT_ENDS
-from common.privacy.accounting import ACCOUNTANTS, Mechanism
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.front_end.base import FRONT_ENDS
+from fedsynth.common.privacy.accounting import ACCOUNTANTS, Mechanism
 
 CLAIM_FORMAT = "fedsynth-claim/2"
 MAX_CLAIM_BYTES = 64 * 1024  # a real claim is about 2 KiB; checked before parsing
@@ -57,7 +57,7 @@ class Claim:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]
     dataset: str
-    sha256: str  # content hash of the images, labels and soft labels (`common.synthetic_set.content_hash`)
+    sha256: str  # content hash of the images, labels and soft labels (`fedsynth.common.synthetic_set.content_hash`)
     seed: int  # the run's public seed
     release_dimension: int  # numbers in one release (the released parameters' count, d)
     class_signal: tuple[float, ...] | None = None  # per class, the clipped signal its releases carried (units of C)
@@ -65,9 +65,9 @@ class Claim:
     ledger_head: str | None = None
     config: Mapping[str, Any] | None = None  # the engine settings of the run (flat, JSON scalars)
     versions: Mapping[str, str] | None = None
-    front_end: str = "none"  # the fixed feature map the set was made for (`common.front_end`)
+    front_end: str = "none"  # the fixed feature map the set was made for (`fedsynth.common.front_end`)
     soft_labels: bool = False  # the set carries, per image, a class distribution from the site's DP model
-    # per class, the site's record count released with noise as one of the `releases` (`client.class_counts`)
+    # per class, the site's record count released with noise as one of the `releases` (`fedsynth.client.class_counts`)
     class_counts: tuple[float, ...] | None = None
     format: str = CLAIM_FORMAT
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from common.errors import FedsynthError
-from common.runtime import fedsynth_home
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.runtime import fedsynth_home
 
 DATASETS = ("fashion-mnist", "mnist5k")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

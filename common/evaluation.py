@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.augment import Augmenter
-from common.data import ImageDataset, to_model_space
-from common.models import ConvNet
-from common.synthetic_set import weights_problem
+from fedsynth.common.augment import Augmenter
+from fedsynth.common.data import ImageDataset, to_model_space
+from fedsynth.common.models import ConvNet
+from fedsynth.common.synthetic_set import weights_problem
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ def evaluate_on_front_end(
 ) -> dict:
     """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
     deterministic, so one 'seed')."""
-    from common.front_end import build_front_end
-    from common.front_end.fit import fit_head
+    from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.front_end.fit import fit_head
 
     model = fit_head(build_front_end(front_end, test.image_shape), images, labels, test.num_classes, soft_labels,
                      weights)

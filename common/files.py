@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from common.errors import FedsynthError
+from fedsynth.common.errors import FedsynthError
 
 
 class UnreadableFileError(FedsynthError, OSError):

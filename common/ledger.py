@@ -28,9 +28,9 @@ from typing import Any, Iterator
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import FedsynthError
-from common.privacy.accounting import ACCOUNTANTS, Mechanism, check_delta, epsilon_of_history
-from common.signing import key_fingerprint
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.privacy.accounting import ACCOUNTANTS, Mechanism, check_delta, epsilon_of_history
+from fedsynth.common.signing import key_fingerprint
 
 GENESIS = "0" * 64
 LEDGER_FORMAT = 1

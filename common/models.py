@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.errors import FedsynthError
+from fedsynth.common.errors import FedsynthError
 
 NORMS = ("instancenorm", "groupnorm", "none", "batchnorm")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from common.data import ImageDataset
+from fedsynth.common.data import ImageDataset
 
 
 def partition_indices(labels: torch.Tensor, num_sites: int, site: int, scheme: str = "iid", alpha: float = 0.5,

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.claim import MAX_CLASSES, Claim, ClaimError
-from common.errors import FedsynthError, one_line
-from common.synthetic_set import from_8bit, on_8bit_grid, to_8bit
+from fedsynth.common.claim import MAX_CLASSES, Claim, ClaimError
+from fedsynth.common.errors import FedsynthError, one_line
+from fedsynth.common.synthetic_set import from_8bit, on_8bit_grid, to_8bit
 
 SITE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a site name is a label, never a path
 SIGNATURE_BYTES = 64  # Ed25519

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import FedsynthError
+from fedsynth.common.errors import FedsynthError
 
 
 class DeviceError(FedsynthError, ValueError):

@@ -13,9 +13,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.claim import Claim
-from common.errors import FedsynthError
-from common.files import UnreadableFileError, read_regular_file
+from fedsynth.common.claim import Claim
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.files import UnreadableFileError, read_regular_file
 
 
 def signed_bytes(claim: Claim, run_id: str, nonce: str) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -170,24 +169,28 @@ def run_status_code(env: dict[str, str], connection: str) -> int:
     return 1 if failed or not runs else 0
 
 
-APP_ROOT = Path(__file__).resolve().parents[1]
+# fedsynth's pyproject.toml (a link to it, installed with the code): the Flower app's components and settings
+APP_SETTINGS = Path(__file__).resolve().parent / "flower_app.toml"
 
 
 def write_app_variant(folder: Path, serverapp: str | None = None, clientapp: str | None = None,
                       extra_config: str = "") -> Path:
-    """A copy of this Flower app in `folder`/app with other ServerApp/ClientApp components and extra
-    `[tool.flwr.app.config]` lines (TOML), e.g. the FedAvg baselines that `bench/compare.py` runs."""
+    """This Flower app in `folder`/app, optionally with other ServerApp/ClientApp components and extra
+    `[tool.flwr.app.config]` lines (TOML), e.g. the FedAvg baselines that `bench/compare.py` runs.
+
+    The folder holds the app's pyproject.toml alone: its components name modules of the installed `fedsynth`
+    package, so the same app runs from a checkout, an editable install or a wheel, and its archive carries
+    no code or results."""
     app = Path(folder) / "app"
-    for part in ("client", "server", "common"):
-        shutil.copytree(APP_ROOT / part, app / part, ignore=shutil.ignore_patterns("__pycache__"))
-    pyproject = (APP_ROOT / "pyproject.toml").read_text()
-    for old, new in (('"server.server_app:app"', serverapp), ('"client.client_app:app"', clientapp)):
+    app.mkdir(parents=True, exist_ok=True)
+    pyproject = APP_SETTINGS.read_text()
+    for old, new in (('"fedsynth.server.server_app:app"', serverapp), ('"fedsynth.client.client_app:app"', clientapp)):
         if new is not None:
             if old not in pyproject:
                 raise RuntimeError(f"pyproject.toml no longer names {old}")
             pyproject = pyproject.replace(old, f'"{new}"')
     pyproject = pyproject.replace("[tool.flwr.app.config]\n", "[tool.flwr.app.config]\n" + extra_config)
-    # the copy holds only the app's packages: Flower refuses exclude patterns that match nothing
+    # Flower refuses exclude patterns that match nothing, and this folder holds nothing to exclude
     pyproject = "\n".join(line for line in pyproject.splitlines() if not line.startswith("fab-exclude")) + "\n"
     (app / "pyproject.toml").write_text(pyproject)
     return app

@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from common.claim import Claim, ClaimError
-from common.errors import FedsynthError, one_line
-from common.files import read_regular_file
+from fedsynth.common.claim import Claim, ClaimError
+from fedsynth.common.errors import FedsynthError, one_line
+from fedsynth.common.files import read_regular_file
 
 SET_FILE, CLAIM_FILE, PICTURE_FILE = "synthetic.safetensors", "claim.json", "synthetic.png"
 
@@ -160,7 +160,7 @@ def save_synthetic_set(out_dir: str | os.PathLike, synthetic: SyntheticSet, pict
     if synthetic.claim is not None:
         write_text(out / CLAIM_FILE, synthetic.claim.to_json(indent=2) + "\n")
     if picture:
-        from common.plots import save_image_grid
+        from fedsynth.common.plots import save_image_grid
 
         try:  # the set may already be released: a picture that cannot be drawn must not fail the run
             save_image_grid(images, labels, synthetic.classes, out / PICTURE_FILE,

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedsynthError
-from common.files import read_regular_file
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.files import read_regular_file
 
 ANCHORS_FORMAT = "fedsynth-anchors/1"
 

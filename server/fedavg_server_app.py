@@ -18,19 +18,20 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import save_file
 
-from common.data import load_dataset
-from common.evaluation import accuracy
-from common.front_end import build_front_end
-from common.front_end.fit import FrontEndClassifier
-from common.models import ConvNet, linear_head
-from common.synthetic_set import write_json
-from common.versions import library_versions
+from fedsynth.common.data import load_dataset
+from fedsynth.common.evaluation import accuracy
+from fedsynth.common.front_end import build_front_end
+from fedsynth.common.front_end.fit import FrontEndClassifier
+from fedsynth.common.models import ConvNet, linear_head
+from fedsynth.common.synthetic_set import write_json
+from fedsynth.common.versions import library_versions
 
 app = ServerApp()
-# Run-config keys the baseline adds to the app's own (see `common.simulation.write_app_variant`);
+# Run-config keys the baseline adds to the app's own (see `fedsynth.common.simulation.write_app_variant`);
 # `epsilon` ≤ 0 means plain FedAvg without DP.
 BASELINE_CONFIG = 'rounds = 10\nlocal-epochs = 1\nbatch-size = 64\nlr = 0.05\nclip-norm = 1.0\nnorm = "groupnorm"\n'
-BASELINE_COMPONENTS = {"serverapp": "server.fedavg_server_app:app", "clientapp": "client.fedavg_client_app:app"}
+BASELINE_COMPONENTS = {"serverapp": "fedsynth.server.fedavg_server_app:app",
+                       "clientapp": "fedsynth.client.fedavg_client_app:app"}
 ROUND_KEYS = ("epsilon", "delta", "rounds", "local-epochs", "batch-size", "lr", "clip-norm", "width", "norm",
               "dataset", "partition", "alpha", "seed", "front-end")
 

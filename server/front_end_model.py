@@ -1,7 +1,7 @@
 """The global model of a front-end round: a linear head on the sites' front end, in closed form.
 
 When every accepted site released its noisy class counts, the sites' heads (each recovered from
-its own set) are combined by pairwise consensus (`common.front_end.consensus`), which keeps what
+its own set) are combined by pairwise consensus (`fedsynth.common.front_end.consensus`), which keeps what
 each site knows about the class pairs it held; otherwise one ridge head is fitted to the union.
 A site's counts weigh its head, so they are capped at the records its sample rate implies
 (head-batch / q, the round's head-batch): a site cannot outweigh the others by claiming more.
@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from common.front_end import build_front_end
-from common.front_end.consensus import fit_consensus
-from common.front_end.fit import FrontEndClassifier, fit_head
-from common.payload import Upload
+from fedsynth.common.front_end import build_front_end
+from fedsynth.common.front_end.consensus import fit_consensus
+from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
+from fedsynth.common.payload import Upload
 
 AGGREGATIONS = ("pairwise-consensus", "union")
 

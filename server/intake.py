@@ -13,12 +13,12 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 
-from common.errors import FedsynthError, one_line
-from common.payload import Upload, from_record, payload_bytes, read_refusal, read_telemetry
-from common.signing import key_fingerprint
-from server.anchors import LedgerAnchors
-from server.registry import KeyRegistry
-from server.validation import UploadPolicy, Verdict, check_upload
+from fedsynth.common.errors import FedsynthError, one_line
+from fedsynth.common.payload import Upload, from_record, payload_bytes, read_refusal, read_telemetry
+from fedsynth.common.signing import key_fingerprint
+from fedsynth.server.anchors import LedgerAnchors
+from fedsynth.server.registry import KeyRegistry
+from fedsynth.server.validation import UploadPolicy, Verdict, check_upload
 
 
 def claim_columns(upload: Upload, epsilon: float | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from common.claim import Claim
+from fedsynth.common.claim import Claim
 
 WEIGHTINGS = ("auto", "matched", "signal", "uniform")
 # `auto` weighs when the median (site, class) cell's run carried at least as much signal as noise

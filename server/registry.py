@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.payload import valid_site_name
-from common.signing import KeyFileError, key_fingerprint, load_public_key
+from fedsynth.common.payload import valid_site_name
+from fedsynth.common.signing import KeyFileError, key_fingerprint, load_public_key
 
 MAX_KEYS = 100_000
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from common.errors import one_line
-from common.plots import save_image_grid
-from common.synthetic_set import write_json
+from fedsynth.common.errors import one_line
+from fedsynth.common.plots import save_image_grid
+from fedsynth.common.synthetic_set import write_json
 
 POOL_PICTURE_PER_CLASS = 30  # a 100-site pool would make a picture of hundreds of MB
 

@@ -13,18 +13,18 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.data import ImageDataset, load_dataset
-from common.evaluation import TrainConfig, accuracy, train_classifier
-from common.front_end import FRONT_ENDS
-from common.versions import library_versions
-from server.anchors import AnchorsError, LedgerAnchors
-from server.collect import stream_replies
-from server.front_end_model import fit_front_end_model
-from server.intake import Intake
-from server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
-from server.registry import KeyRegistry
-from server.report import privacy_markdown, write_outputs
-from server.validation import UploadPolicy
+from fedsynth.common.data import ImageDataset, load_dataset
+from fedsynth.common.evaluation import TrainConfig, accuracy, train_classifier
+from fedsynth.common.front_end import FRONT_ENDS
+from fedsynth.common.versions import library_versions
+from fedsynth.server.anchors import AnchorsError, LedgerAnchors
+from fedsynth.server.collect import stream_replies
+from fedsynth.server.front_end_model import fit_front_end_model
+from fedsynth.server.intake import Intake
+from fedsynth.server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
+from fedsynth.server.registry import KeyRegistry
+from fedsynth.server.report import privacy_markdown, write_outputs
+from fedsynth.server.validation import UploadPolicy
 
 app = ServerApp()
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.payload import Upload
-from common.privacy.accounting import epsilon_of_history
-from common.signing import verify
-from common.synthetic_set import content_hash, set_problem, soft_label_problem
+from fedsynth.common.payload import Upload
+from fedsynth.common.privacy.accounting import epsilon_of_history
+from fedsynth.common.signing import verify
+from fedsynth.common.synthetic_set import content_hash, set_problem, soft_label_problem
 
 
 @dataclass(frozen=True)

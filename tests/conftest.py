@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.data import ImageDataset, load_mnist5k
+from fedsynth.common.data import ImageDataset, load_mnist5k
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_app_with_faults(folder: Path, extra_config: str = "") -> Path:
     """This project as a Flower app whose ClientApp misbehaves when told to (tests/deploy_support/
     faulty_client_app.py); `extra_config` adds lines to its [tool.flwr.app.config]."""
-    from common.simulation import write_app_variant
+    from fedsynth.common.simulation import write_app_variant
 
     app = write_app_variant(folder, clientapp="faults:app", extra_config=extra_config)
     shutil.copyfile(ROOT / "tests" / "deploy_support" / "faulty_client_app.py", app / "faults.py")

@@ -7,11 +7,11 @@ import math
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.claim import Claim
-from common.payload import to_record
-from common.privacy.accounting import Mechanism, epsilon_of_history
-from common.signing import sign
-from common.synthetic_set import content_hash, quantise
+from fedsynth.common.claim import Claim
+from fedsynth.common.payload import to_record
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.common.signing import sign
+from fedsynth.common.synthetic_set import content_hash, quantise
 
 
 def grid_set(per_class: int = 2, classes: int = 10, shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0):

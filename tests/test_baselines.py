@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from common.simulation import run_simulation, write_app_variant
-from server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
+from fedsynth.common.simulation import run_simulation, write_app_variant
+from fedsynth.server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
 
 TINY = ('dataset="mnist5k" rounds=2 local-epochs=1 batch-size=32 width=8 lr=0.05 expected-sites=3 '
         'timeout=600 seed=0')

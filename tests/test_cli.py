@@ -15,8 +15,8 @@ REQUIRED_CLAIM = {"epsilon", "delta", "noise_multiplier", "sample_rate", "releas
 
 def fedsynth(*args, home):
     env = {**os.environ, "FEDSYNTH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "client.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "fedsynth.client.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def _refusals(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_every_refusal_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     for args, says in _refusals(tmp_path):
@@ -156,7 +156,7 @@ def test_every_refusal_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_audit_fails_an_empty_ledger(tmp_path, capsys):
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     (tmp_path / "empty.jsonl").write_bytes(b"")
     assert main(["audit", str(tmp_path / "empty.jsonl"), "--report", str(tmp_path / "report")]) == 1

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from common.data import load_mnist5k
-from common.deployment import CONNECTION
+from fedsynth.common.data import load_mnist5k
+from fedsynth.common.deployment import CONNECTION
 from deploy_support.image_folder import write_image_folder
 from deploy_support.loopback import flwr, register_supernode, start_superlink, start_supernode, write_connection
-from common.ledger import Ledger
-from common.partition import site_dataset
-from common.pki import KeyPlan, make_keys
-from common.privacy.accounting import Mechanism
-from common.signing import load_private_key
-from common.simulation import run_status_code, stop_process_group
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.partition import site_dataset
+from fedsynth.common.pki import KeyPlan, make_keys
+from fedsynth.common.privacy.accounting import Mechanism
+from fedsynth.common.signing import load_private_key
+from fedsynth.common.simulation import run_status_code, stop_process_group
 from conftest import write_app_with_faults
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import build_parser
+from fedsynth.client.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

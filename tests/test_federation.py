@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from client.client_app import site_seed
-from common.ledger import Ledger
-from common.privacy.accounting import Mechanism
-from common.signing import generate_signing_key, load_private_key
-from common.simulation import run_simulation
-from server.pool import choose_weighting
+from fedsynth.client.client_app import site_seed
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.privacy.accounting import Mechanism
+from fedsynth.common.signing import generate_signing_key, load_private_key
+from fedsynth.common.simulation import run_simulation
+from fedsynth.server.pool import choose_weighting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ('dataset="mnist5k" front-end="none" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '

@@ -1,7 +1,7 @@
 """Re-check privacy claims without trusting the code that made them.
 
 A site ledger is read as plain JSON lines and its hash chain and Ed25519 signatures are
-verified here, independently of `common.ledger`; every spend's ε is recomputed from its
+verified here, independently of `fedsynth.common.ledger`; every spend's ε is recomputed from its
 recorded (σ, q, steps, δ) with dp-accounting's PLD accountant (the reference) and its RDP
 accountant, beside Opacus' RDP and PRV. A claim below the PLD value (beyond a small
 tolerance for the accountants' numerical error) fails, as does a site over its budget, an
@@ -24,9 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.privacy.accounting import ACCOUNTANTS, Mechanism, epsilon_of_history
-from common.files import read_regular_file
-from common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
+from fedsynth.common.privacy.accounting import ACCOUNTANTS, Mechanism, epsilon_of_history
+from fedsynth.common.files import read_regular_file
+from fedsynth.common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
 
 # Opacus PRV and dp-accounting PLD are both numerical upper bounds; a valid claim may sit a
 # hair below the PLD value. 1 % relative slack is far below any error that matters.
@@ -326,7 +326,7 @@ def audit_run_dir(folder: Path, anchors_file: Path | None = None) -> tuple[list[
     """A server output folder: every accepted upload's claim, plus the sites' ledgers where they
     are on this machine (simulation: the run's `sites-dir`), verified with the registered keys and
     held against the server's ledger anchors (the run's `anchors-file`, or `anchors_file`)."""
-    from common.signing import load_public_key
+    from fedsynth.common.signing import load_public_key
 
     report_path = folder / "privacy_report.json"
     if not report_path.exists():

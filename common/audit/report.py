@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.audit.recheck import SiteAudit, as_json
-from common.plots import save_epsilon_over_time
-from common.synthetic_set import write_json
-from common.versions import library_versions
+from fedsynth.common.audit.recheck import SiteAudit, as_json
+from fedsynth.common.plots import save_epsilon_over_time
+from fedsynth.common.synthetic_set import write_json
+from fedsynth.common.versions import library_versions
 
 
 def _fmt(value: float | None) -> str:

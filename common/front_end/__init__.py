@@ -3,6 +3,6 @@
 `none` keeps pixels (the ConvNet gradient-matching engine); `scatter` is a ScatterNet (Tramèr & Boneh, 2021).
 """
 
-from common.front_end.base import FRONT_ENDS, FrontEnd, build_front_end
+from fedsynth.common.front_end.base import FRONT_ENDS, FrontEnd, build_front_end
 
 __all__ = ["FRONT_ENDS", "FrontEnd", "build_front_end"]

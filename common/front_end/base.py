@@ -46,7 +46,7 @@ def build_front_end(name: str, image_shape: tuple[int, int, int]) -> FrontEnd:
     if name == "none":
         return Pixels(image_shape)
     if name == "scatter":
-        from common.front_end.scatter import ScatterNet
+        from fedsynth.common.front_end.scatter import ScatterNet
 
         return ScatterNet(image_shape)
     raise ValueError(f"unknown front end {name!r}; choose one of {', '.join(FRONT_ENDS)}")

@@ -19,8 +19,8 @@ from typing import Sequence
 
 import torch
 
-from common.front_end.base import FrontEnd
-from common.front_end.fit import FrontEndClassifier, fit_head
+from fedsynth.common.front_end.base import FrontEnd
+from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
 
 PULL = 1e-3  # weight of the mean head, relative to the mean diagonal of L
 

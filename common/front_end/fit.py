@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from common.data import to_pixel_space
-from common.front_end.base import FrontEnd
+from fedsynth.common.data import to_pixel_space
+from fedsynth.common.front_end.base import FrontEnd
 
 RIDGE = 1e-2
 
 
 class FrontEndClassifier(torch.nn.Module):
-    """front end → linear head, taking the pixel ConvNet's [-1, 1] input so `common.evaluation.accuracy` applies."""
+    """front end → linear head, taking the pixel ConvNet's [-1, 1] input so that
+    `fedsynth.common.evaluation.accuracy` applies."""
 
     def __init__(self, front_end: FrontEnd, head: torch.nn.Linear) -> None:
         super().__init__()

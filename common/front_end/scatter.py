@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
-from common.front_end.base import FrontEnd
+from fedsynth.common.front_end.base import FrontEnd
 
 SCALES = 2
 ORIENTATIONS = 8

@@ -1,6 +1,6 @@
 """Privacy accounting for fedsynth: calibration, ε of a history, and the mechanism record."""
 
-from common.privacy.accounting import (
+from fedsynth.common.privacy.accounting import (
     ACCOUNTANTS,
     Mechanism,
     calibrate_noise_multiplier,

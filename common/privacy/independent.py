@@ -11,7 +11,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from common.privacy.accounting import Mechanism, check_delta
+from fedsynth.common.privacy.accounting import Mechanism, check_delta
 
 
 def dp_event(mechanisms: Iterable[Mechanism]) -> dp_accounting.DpEvent:

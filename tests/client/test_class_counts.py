@@ -2,8 +2,8 @@
 
 import torch
 
-from client.class_counts import noisy_class_counts
-from common.privacy.accounting import Mechanism
+from fedsynth.client.class_counts import noisy_class_counts
+from fedsynth.common.privacy.accounting import Mechanism
 
 LABELS = torch.arange(4).repeat_interleave(torch.tensor([100, 300, 0, 50]))
 

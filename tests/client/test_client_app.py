@@ -1,7 +1,7 @@
 """The site's engine settings come from the server's request, key by key, with defaults for the rest."""
 
-from client.client_app import distill_config, site_seed
-from client.config import app_defaults
+from fedsynth.client.client_app import distill_config, site_seed
+from fedsynth.client.config import app_defaults
 
 REQUEST = {"ipc": 10, "epsilon": 1.0, "delta": 1e-5, "steps": 20}
 

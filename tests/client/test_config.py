@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import build_parser
-from client.config import REQUEST_KEYS, DistillConfig, app_defaults, check_settings, from_request
-from client.errors import EngineError
+from fedsynth.client.cli import build_parser
+from fedsynth.client.config import REQUEST_KEYS, DistillConfig, app_defaults, check_settings, from_request
+from fedsynth.client.errors import EngineError
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
 RUN_CONFIG = PYPROJECT["tool"]["flwr"]["app"]["config"]

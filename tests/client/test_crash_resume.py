@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from common.ledger import Ledger
-from common.signing import generate_signing_key, load_private_key
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.signing import generate_signing_key, load_private_key
 
 SCRIPT = textwrap.dedent('''
     import os, signal, sys
     from pathlib import Path
     import torch
-    from client import engine
-    from client.run_folder import RunFolder
-    from common.data import load_mnist5k
-    from common.ledger import Ledger
-    from common.signing import load_private_key
+    from fedsynth.client import engine
+    from fedsynth.client.run_folder import RunFolder
+    from fedsynth.common.data import load_mnist5k
+    from fedsynth.common.ledger import Ledger
+    from fedsynth.common.signing import load_private_key
 
     point, work = sys.argv[1], Path(sys.argv[2])
     calls = {"save": 0}

@@ -4,9 +4,9 @@ calibrated noise, and a broken scorer is caught by the same power check."""
 import pytest
 import torch
 
-from client.engine import DistillConfig
-from client.empirical_audit import audit_release, epsilon_lower_bound, release_with_canaries
-from common.data import ImageDataset
+from fedsynth.client.engine import DistillConfig
+from fedsynth.client.empirical_audit import audit_release, epsilon_lower_bound, release_with_canaries
+from fedsynth.common.data import ImageDataset
 
 pytestmark = pytest.mark.slow
 CANARIES = 200
@@ -24,7 +24,7 @@ def _empty(like: ImageDataset) -> ImageDataset:
 
 @pytest.fixture(scope="module")
 def mnist_test():
-    from common.data import load_mnist5k
+    from fedsynth.common.data import load_mnist5k
 
     return load_mnist5k(train=False)
 
@@ -71,7 +71,7 @@ def test_calibrated_noise_stays_below_the_claim(mnist_test):
 def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
     import json
 
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     out = tmp_path / "empirical.json"
     code = main(["audit", "--empirical", "--dataset", "mnist5k", "--front-end", "none", "--canaries", "60",
@@ -93,7 +93,7 @@ def test_cli_writes_claimed_recomputed_and_empirical_side_by_side(tmp_path):
 def test_cli_audits_the_scatternet_engine_it_defaults_to(tmp_path):
     import json
 
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     out = tmp_path / "empirical.json"
     code = main(["audit", "--empirical", "--dataset", "mnist5k", "--canaries", "40", "--base-records", "60",
@@ -108,8 +108,8 @@ def test_cli_audits_the_scatternet_engine_it_defaults_to(tmp_path):
 
 
 def test_canaries_never_overlap_the_base_records():
-    from client.empirical_audit import split_canary_pool
-    from common.data import load_mnist5k
+    from fedsynth.client.empirical_audit import split_canary_pool
+    from fedsynth.common.data import load_mnist5k
 
     data = load_mnist5k(train=False)
     base, pool = split_canary_pool(data, 100, 300, seed=4)

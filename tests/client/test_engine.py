@@ -7,12 +7,12 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from client.engine import DistillConfig, EngineError, _squared_norms, class_signal, distill, plan
-from client.noisy_gradient import NoisyClassGradients
-from common.data import DataError, ImageDataset
-from common.ledger import BudgetExceededError, Ledger, LedgerCorruptError
-from common.models import ModelNotPrivateError
-from common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.client.engine import DistillConfig, EngineError, _squared_norms, class_signal, distill, plan
+from fedsynth.client.noisy_gradient import NoisyClassGradients
+from fedsynth.common.data import DataError, ImageDataset
+from fedsynth.common.ledger import BudgetExceededError, Ledger, LedgerCorruptError
+from fedsynth.common.models import ModelNotPrivateError
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
 
 TINY = dict(front_end="none",
             ipc=1, iterations=3, inner_steps=2, width=8, depth=2, batch_per_class=6.0, checkpoint_every=1)
@@ -84,7 +84,7 @@ def test_post_processing_moves_the_set_without_releasing_or_spending_more(tiny_m
 
 def test_replay_decays_the_image_learning_rate_to_its_end_fraction(tiny_mnist, tmp_path, monkeypatch):
     """The run's own updates keep lr_images; the replay passes go linearly from it to lr_end × it."""
-    import client.engine as engine
+    import fedsynth.client.engine as engine
 
     rates = []
     original = engine._match_step
@@ -100,7 +100,7 @@ def test_replay_decays_the_image_learning_rate_to_its_end_fraction(tiny_mnist, t
 
 
 def test_released_images_are_8bit_pixels_bound_by_the_claim(tiny_mnist, tmp_path):
-    from common.synthetic_set import content_hash, on_8bit_grid
+    from fedsynth.common.synthetic_set import content_hash, on_8bit_grid
 
     synthetic = _run(tiny_mnist, tmp_path, noise_multiplier=1.0).synthetic
     assert on_8bit_grid(synthetic.images) and len(torch.unique(synthetic.images)) > 2
@@ -313,8 +313,8 @@ def test_classes_sharing_one_pass_distil_the_same_set(tiny_mnist, tmp_path):
 @pytest.mark.parametrize("layers,expected", [(0, None), (1, ["classifier.weight"]),
                                              (2, ["features.4.weight", "classifier.weight"])])
 def test_partial_release_carries_the_last_weight_layers_only(layers, expected):
-    from client.engine import released_names
-    from common.models import ConvNet
+    from fedsynth.client.engine import released_names
+    from fedsynth.common.models import ConvNet
 
     net = ConvNet(1, 10, 28, width=8, depth=2)
     names = released_names(net, layers)
@@ -322,7 +322,7 @@ def test_partial_release_carries_the_last_weight_layers_only(layers, expected):
 
 
 def test_an_output_folder_in_use_by_another_run_is_refused_before_any_spend(tiny_mnist, tmp_path):
-    from client.run_folder import RunFolder
+    from fedsynth.client.run_folder import RunFolder
 
     ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
     before = ledger.path.read_bytes()
@@ -333,7 +333,7 @@ def test_an_output_folder_in_use_by_another_run_is_refused_before_any_spend(tiny
 
 
 def test_an_unwritable_output_or_a_missing_device_is_refused_before_any_spend(tiny_mnist, tmp_path):
-    from common.runtime import DeviceError
+    from fedsynth.common.runtime import DeviceError
 
     ledger = Ledger.open(tmp_path / "site.jsonl", budget_epsilon=math.inf)
     before = ledger.path.read_bytes()
@@ -348,7 +348,7 @@ def test_an_unwritable_output_or_a_missing_device_is_refused_before_any_spend(ti
 
 
 def test_a_second_release_of_a_run_is_refused(tiny_mnist, tmp_path):
-    from common.ledger import LedgerError
+    from fedsynth.common.ledger import LedgerError
 
     result = _run(tiny_mnist, tmp_path, noise_multiplier=1.0)
     ledger = Ledger.open(tmp_path / "ledger.jsonl")

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-import client.engine as engine
-from client.engine import DistillConfig, EngineError, distill, plan
-from common.data import ImageDataset
-from common.ledger import Ledger
-from common.synthetic_set import content_hash, load_synthetic_set, on_8bit_grid, soft_label_problem
+import fedsynth.client.engine as engine
+from fedsynth.client.engine import DistillConfig, EngineError, distill, plan
+from fedsynth.common.data import ImageDataset
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.synthetic_set import content_hash, load_synthetic_set, on_8bit_grid, soft_label_problem
 
 TINY = dict(front_end="scatter", ipc=1, head_epochs=2.0, head_batch=60.0, synthesis_steps=4, epsilon=4.0)
 

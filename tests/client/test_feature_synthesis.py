@@ -2,9 +2,9 @@
 
 import torch
 
-from client.feature_synthesis import captured_fraction, centred_logit_map, soft_labels, synthesise
-from client.head_training import linear_head
-from common.front_end import build_front_end
+from fedsynth.client.feature_synthesis import captured_fraction, centred_logit_map, soft_labels, synthesise
+from fedsynth.client.head_training import linear_head
+from fedsynth.common.front_end import build_front_end
 
 
 def _head(d=20, k=3, seed=0):

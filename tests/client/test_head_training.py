@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from client.head_training import linear_head, train_head
-from common.privacy.accounting import Mechanism
+from fedsynth.client.head_training import linear_head, train_head
+from fedsynth.common.privacy.accounting import Mechanism
 
 
 def _data(n=12, d=5, k=3, seed=0):
@@ -54,7 +54,7 @@ def test_the_same_secret_gives_the_same_head_and_another_secret_another():
 
 def test_poisson_batches_have_the_accounted_rate(monkeypatch):
     sizes = []
-    import client.head_training as module
+    import fedsynth.client.head_training as module
 
     original = module.F.cross_entropy
 

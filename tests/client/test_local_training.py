@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from client.local_training import plan_dp_sgd, train_locally
-from common.models import ConvNet
+from fedsynth.client.local_training import plan_dp_sgd, train_locally
+from fedsynth.common.models import ConvNet
 
 
 def test_plan_ends_the_last_round_at_the_target_and_never_above():

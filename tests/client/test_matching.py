@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from client.matching import layer_distance, matching_distance
+from fedsynth.client.matching import layer_distance, matching_distance
 
 
 def test_per_unit_sums_one_cosine_distance_per_output_row():

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from client.noisy_gradient import NoisyClassGradients
-from common.models import ConvNet
+from fedsynth.client.noisy_gradient import NoisyClassGradients
+from fedsynth.common.models import ConvNet
 
 
 def _net(seed=0):

@@ -2,8 +2,8 @@
 
 import torch
 
-from client.release_store import ReleaseStore
-from common.augment import Augmenter
+from fedsynth.client.release_store import ReleaseStore
+from fedsynth.common.augment import Augmenter
 
 NAMES = ["conv.weight", "fc.weight", "fc.bias"]
 

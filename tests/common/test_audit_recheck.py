@@ -6,11 +6,11 @@ import math
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit.recheck import _entry_hash, audit_ledger, audit_run_dir, check_anchor
-from client.cli import main
-from common.ledger import Ledger
-from common.privacy.accounting import Mechanism, epsilon_of_history
-from common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
+from fedsynth.common.audit.recheck import _entry_hash, audit_ledger, audit_run_dir, check_anchor
+from fedsynth.client.cli import main
+from fedsynth.common.ledger import Ledger
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
 
 KEY = Ed25519PrivateKey.generate()
 M1, M2 = Mechanism(1.2, 0.05, 200, 1.0), Mechanism(2.0, 0.1, 100, 1.0)

@@ -7,7 +7,7 @@ import math
 import pytest
 from helpers import grid_set, make_claim
 
-from common.claim import CLAIM_FORMAT, MAX_CLAIM_BYTES, Claim, ClaimError
+from fedsynth.common.claim import CLAIM_FORMAT, MAX_CLAIM_BYTES, Claim, ClaimError
 
 
 def _claim(**changes) -> Claim:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common import data
-from common.data import (DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder,
+from fedsynth.common import data
+from fedsynth.common.data import (DEBIAN_FASHION_MNIST, DataError, load_dataset, load_fashion_mnist, load_image_folder,
                          load_mnist5k)
 
 
@@ -32,7 +32,7 @@ def test_fashion_mnist_from_debian_files(tmp_path):
 
 
 def test_missing_fashion_mnist_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("fedsynth.common.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(train=True, root=tmp_path / "empty")
 
@@ -46,7 +46,7 @@ def test_fashion_mnist_staging_survives_a_concurrent_writer(tmp_path, monkeypatc
     for name, body in contents.items():
         with gzip.open(debian / f"{name}.gz", "wb") as f:
             f.write(body)
-    monkeypatch.setattr("common.data.DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr("fedsynth.common.data.DEBIAN_FASHION_MNIST", debian)
     real_copy, interleaved = shutil.copyfileobj, []
 
     def copy_with_a_second_writer(src, dst, *args):
@@ -55,7 +55,7 @@ def test_fashion_mnist_staging_survives_a_concurrent_writer(tmp_path, monkeypatc
             interleaved.append(True)
             assert data._stage_debian_fashion_mnist(tmp_path / "cache")
 
-    monkeypatch.setattr("common.data.shutil.copyfileobj", copy_with_a_second_writer)
+    monkeypatch.setattr("fedsynth.common.data.shutil.copyfileobj", copy_with_a_second_writer)
     assert data._stage_debian_fashion_mnist(tmp_path / "cache")
     raw = tmp_path / "cache" / "FashionMNIST" / "raw"
     assert interleaved and sorted(p.name for p in raw.iterdir()) == sorted(contents)  # no temporary left behind

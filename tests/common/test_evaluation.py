@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import common.evaluation as evaluation
-from common.augment import Augmenter
-from common.data import load_mnist5k
-from common.evaluation import TrainConfig, evaluate_synthetic
+import fedsynth.common.evaluation as evaluation
+from fedsynth.common.augment import Augmenter
+from fedsynth.common.data import load_mnist5k
+from fedsynth.common.evaluation import TrainConfig, evaluate_synthetic
 
 FAST = dict(epochs=15, width=16, depth=2)
 

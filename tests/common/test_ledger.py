@@ -6,8 +6,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.ledger import BudgetExceededError, Ledger, LedgerCorruptError, LedgerError, _entry_hash
-from common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.common.ledger import BudgetExceededError, Ledger, LedgerCorruptError, LedgerError, _entry_hash
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
 
 M = Mechanism(noise_multiplier=1.0, sample_rate=0.01, steps=1000, clip_norm=1.0)
 
@@ -401,7 +401,7 @@ def test_concurrent_creation_writes_exactly_one_header(tmp_path, forced):
 
 
 def test_ledger_errors_are_fedsynth_refusals():
-    from common.errors import FedsynthError
+    from fedsynth.common.errors import FedsynthError
 
     assert issubclass(LedgerCorruptError, FedsynthError) and issubclass(BudgetExceededError, FedsynthError)
     assert issubclass(LedgerError, RuntimeError)  # as before, for callers that catch RuntimeError

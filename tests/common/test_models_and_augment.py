@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from common.augment import Augmenter
-from common.models import ConvNet, ModelNotPrivateError, check_private
+from fedsynth.common.augment import Augmenter
+from fedsynth.common.models import ConvNet, ModelNotPrivateError, check_private
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])

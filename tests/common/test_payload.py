@@ -6,7 +6,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from helpers import grid_set, make_claim
 
-from common.payload import (
+from fedsynth.common.payload import (
     PayloadError,
     from_record,
     payload_bytes,
@@ -16,7 +16,7 @@ from common.payload import (
     telemetry_record,
     to_record,
 )
-from common.synthetic_set import content_hash
+from fedsynth.common.synthetic_set import content_hash
 
 LIMITS = (20, (1, 28, 28))  # at most 20 images of 1×28×28
 

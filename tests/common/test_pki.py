@@ -7,8 +7,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.cli import main
-from common.signing import load_private_key, load_public_key
+from fedsynth.client.cli import main
+from fedsynth.common.signing import load_private_key, load_public_key
 
 
 def _mode(path):

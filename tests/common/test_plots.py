@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.plots import save_image_grid
+from fedsynth.common.plots import save_image_grid
 
 
 def test_greyscale_grid_is_one_channel_and_drawn_at_native_scale(tmp_path):

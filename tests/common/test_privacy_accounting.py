@@ -3,7 +3,7 @@ import math
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from common.privacy.accounting import Mechanism, calibrate_noise_multiplier, check_delta, epsilon_of_history
+from fedsynth.common.privacy.accounting import Mechanism, calibrate_noise_multiplier, check_delta, epsilon_of_history
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])

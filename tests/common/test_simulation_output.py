@@ -1,7 +1,7 @@
 """What a quiet `fedsynth simulate` shows of the run's log: fedsynth's lines and tables, nothing of Ray's or
 Flower's."""
 
-from common.simulation import shown_line
+from fedsynth.common.simulation import shown_line
 
 
 def test_fedsynth_lines_are_shown_without_ray_or_flower_prefixes():

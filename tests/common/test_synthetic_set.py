@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.synthetic_set import SET_FILE, SetError, load_synthetic_set
+from fedsynth.common.synthetic_set import SET_FILE, SetError, load_synthetic_set
 
 
 def _write(path, **tensors):
@@ -51,7 +51,7 @@ def test_a_missing_set_is_a_clear_error(tmp_path):
 
 
 def test_soft_labels_round_trip_and_bad_ones_are_refused_naming_the_problem(tmp_path):
-    from common.synthetic_set import SyntheticSet, content_hash, save_synthetic_set, soft_label_problem
+    from fedsynth.common.synthetic_set import SyntheticSet, content_hash, save_synthetic_set, soft_label_problem
 
     images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     soft = torch.softmax(torch.randn(4, 3), 1)

@@ -1,6 +1,6 @@
 """A ClientApp that misbehaves on purpose, for the simulation and loopback deployment tests only.
 
-It runs the real `client.client_app.distil_and_upload` and then, when the SuperNode's
+It runs the real `fedsynth.client.client_app.distil_and_upload` and then, when the SuperNode's
 node config says `fault="tamper"`, changes one pixel after signing; with `fault="replay"`
 it keeps its first signed reply and sends that same reply in every later run; with
 `fault="hang"` (or, in simulation, when its partition-id is the run config's `hang-partition`)
@@ -22,11 +22,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file, save_file
 
-from client.client_app import distil_and_upload
-from common.claim import Claim
-from common.payload import from_record, to_record
-from common.signing import sign
-from common.synthetic_set import content_hash, quantise
+from fedsynth.client.client_app import distil_and_upload
+from fedsynth.common.claim import Claim
+from fedsynth.common.payload import from_record, to_record
+from fedsynth.common.signing import sign
+from fedsynth.common.synthetic_set import content_hash, quantise
 
 app = ClientApp()
 

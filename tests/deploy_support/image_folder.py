@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from common.data import ImageDataset
+from fedsynth.common.data import ImageDataset
 
 
 def write_image_folder(dataset: ImageDataset, root: str | os.PathLike) -> Path:

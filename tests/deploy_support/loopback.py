@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.deployment import CONNECTION, superlink_command, supernode_command
-from common.simulation import flower_env, free_port, stop_process_group
+from fedsynth.common.deployment import CONNECTION, superlink_command, supernode_command
+from fedsynth.common.simulation import flower_env, free_port, stop_process_group
 
 
 @dataclass

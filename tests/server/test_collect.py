@@ -3,7 +3,7 @@
 import time
 from types import SimpleNamespace
 
-from server.collect import stream_replies
+from fedsynth.server.collect import stream_replies
 
 
 class SlowGrid:

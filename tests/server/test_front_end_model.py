@@ -5,8 +5,8 @@ import dataclasses
 import torch
 from helpers import make_claim
 
-from common.payload import Upload
-from server.front_end_model import capped_counts, fit_front_end_model
+from fedsynth.common.payload import Upload
+from fedsynth.server.front_end_model import capped_counts, fit_front_end_model
 
 
 def _upload(images, labels, soft, counts, q=0.5):

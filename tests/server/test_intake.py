@@ -19,12 +19,12 @@ from helpers import grid_set, make_claim, signed_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.claim import Claim, ClaimError
-from common.signing import generate_signing_key, load_private_key
-from server.anchors import LedgerAnchors
-from server.intake import Intake
-from server.registry import KeyRegistry
-from server.validation import UploadPolicy
+from fedsynth.common.claim import Claim, ClaimError
+from fedsynth.common.signing import generate_signing_key, load_private_key
+from fedsynth.server.anchors import LedgerAnchors
+from fedsynth.server.intake import Intake
+from fedsynth.server.registry import KeyRegistry
+from fedsynth.server.validation import UploadPolicy
 
 RUN, NONCE = "run-1", "nonce-1"
 POLICY = UploadPolicy(num_classes=10, image_shape=(1, 28, 28), max_ipc=2, max_epsilon=10.0)
@@ -85,7 +85,7 @@ def test_a_key_found_by_a_path_in_the_name_is_never_used(tmp_path):
 
 
 def test_a_damaged_anchors_file_stops_the_server(tmp_path):
-    from server.anchors import AnchorsError
+    from fedsynth.server.anchors import AnchorsError
 
     (tmp_path / "anchors.json").write_text("{")
     with pytest.raises(AnchorsError, match="damaged"):
@@ -161,7 +161,7 @@ def test_a_signed_claim_with_any_field_replaced_is_judged_by_its_values(field, v
     record["claim"]["json"] = text
     try:  # a field that still parses into a claim is signed as it reads, so the signature holds
         parsed = Claim.from_json(text)
-        from common.signing import sign
+        from fedsynth.common.signing import sign
 
         record["claim"]["signature"] = sign(KEY, parsed, RUN, NONCE)
     except ClaimError:

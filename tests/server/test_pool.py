@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import grid_set, make_claim
 
-from server.pool import choose_weighting, median_run_snr, pool_weights, release_noise
+from fedsynth.server.pool import choose_weighting, median_run_snr, pool_weights, release_noise
 
 LABELS = [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])]
 

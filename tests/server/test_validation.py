@@ -7,11 +7,11 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import grid_set, make_claim
 
-from common.payload import Upload
-from common.privacy.accounting import Mechanism, epsilon_of_history
-from common.signing import generate_signing_key, load_private_key, load_public_key, sign
-from common.synthetic_set import content_hash
-from server.validation import UploadPolicy, check_upload
+from fedsynth.common.payload import Upload
+from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.common.signing import generate_signing_key, load_private_key, load_public_key, sign
+from fedsynth.common.synthetic_set import content_hash
+from fedsynth.server.validation import UploadPolicy, check_upload
 
 POLICY = UploadPolicy(num_classes=10, image_shape=(1, 28, 28), max_ipc=2, max_epsilon=10.0)
 RUN, NONCE = "run-1", "nonce-1"

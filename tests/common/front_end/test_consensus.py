@@ -2,7 +2,7 @@
 
 import torch
 
-from common.front_end.consensus import consensus, pair_laplacian
+from fedsynth.common.front_end.consensus import consensus, pair_laplacian
 
 
 def _differences(m: torch.Tensor) -> torch.Tensor:

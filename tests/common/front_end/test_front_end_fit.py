@@ -2,10 +2,10 @@
 
 import torch
 
-from common.data import ImageDataset, to_model_space
-from common.evaluation import accuracy
-from common.front_end import build_front_end
-from common.front_end.fit import fit_head, targets
+from fedsynth.common.data import ImageDataset, to_model_space
+from fedsynth.common.evaluation import accuracy
+from fedsynth.common.front_end import build_front_end
+from fedsynth.common.front_end.fit import fit_head, targets
 
 
 def _teacher(front_end, seed=0) -> torch.nn.Linear:

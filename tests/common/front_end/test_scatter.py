@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.front_end import FRONT_ENDS, build_front_end
+from fedsynth.common.front_end import FRONT_ENDS, build_front_end
 
 
 def _images(n: int, shape=(1, 28, 28), seed: int = 0) -> torch.Tensor:
