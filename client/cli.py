@@ -239,14 +239,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    import signal
     import tempfile
 
     from fedsynth.common.simulation import run_simulation, write_app_variant
 
+    # SIGTERM (a scheduler, `kill`, Ctrl-C's cousin) unwinds like Ctrl-C: the SuperLink, its simulation and
+    # Ray's processes are stopped on the way out instead of being left running
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with tempfile.TemporaryDirectory(prefix="fedsynth-app-") as tmp:
         app = args.app or write_app_variant(Path(tmp))
         return run_simulation(app, args.sites, args.run_config, federation_config=args.federation_config,
                               verbose=args.verbose)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_keys(args: argparse.Namespace) -> int:

@@ -145,6 +145,9 @@ def _run_streaming(command: list[str], env: dict[str, str], timeout: float | Non
     finally:
         if timer is not None:
             timer.cancel()
+        if process.poll() is None:  # interrupted (Ctrl-C, SIGTERM): the run's client goes with us
+            process.kill()
+            process.wait()
     if expired.is_set():
         print(f"fedsynth: the run did not finish within {timeout:.0f} s", file=sys.stderr)
         return 124

@@ -1,6 +1,7 @@
 """One federated round on the real Flower simulation engine (private SuperLink, loopback, no downloads)."""
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -193,3 +194,26 @@ def test_hostile_replies_are_rejected_and_the_honest_sites_round_completes(tmp_p
     assert sum(" | yes | " in line for line in table) == 2
     anchors = json.loads((tmp_path / "anchors.json").read_text())["sites"]
     assert sorted(a["site"] for a in anchors.values()) == ["site-0", "site-1"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_fedsynth_simulate_stops_every_flower_and_ray_process(tmp_path):
+    """A scheduler's SIGTERM unwinds the run: the SuperLink, the simulation and Ray's processes go with it."""
+    import signal
+    import subprocess
+    import sys
+
+    before = _leftovers()
+    config = (TINY + f' steps=200 min-sites=2 expected-sites=2 output-dir="{tmp_path / "out"}" '
+              f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"')
+    run = subprocess.Popen([sys.executable, "-m", "fedsynth.client.cli", "simulate", "--sites", "2", "--run-config",
+                            config], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "FEDSYNTH_HOME": str(tmp_path / "home")})
+    for line in run.stdout:  # wait until the sites are distilling: every process of the stack is up
+        if "distilling" in line:
+            break
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    assert _leftovers() != before
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    assert _leftovers(wait=60) == before
