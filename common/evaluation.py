@@ -96,18 +96,27 @@ def evaluate_on_front_end(
     front_end: str,
     soft_labels: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    sites: torch.Tensor | None = None,
+    class_counts: torch.Tensor | None = None,
 ) -> dict:
     """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
-    deterministic, so one 'seed')."""
+    deterministic, so one 'seed'); with `sites` and `class_counts` (a consensus pool), the sites' heads are
+    fitted apart and combined as the round combined them."""
     from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.front_end.consensus import fit_consensus
     from fedsynth.common.front_end.fit import fit_head
 
-    model = fit_head(build_front_end(front_end, test.image_shape), images, labels, test.num_classes, soft_labels,
-                     weights)
+    fe = build_front_end(front_end, test.image_shape)
+    if sites is not None:
+        parts = [sites == s for s in range(class_counts.shape[0])]
+        model = fit_consensus(fe, [(images[p], labels[p], soft_labels[p]) for p in parts], list(class_counts),
+                              test.num_classes)
+    else:
+        model = fit_head(fe, images, labels, test.num_classes, soft_labels, weights)
     score = accuracy(model, test)
     return {"accuracy_mean": score, "accuracy_std": 0.0, "accuracies": [score], "seeds": [0],
             "train_config": {"model": f"{front_end} + ridge head", "soft_labels": soft_labels is not None},
-            "weighted": weights is not None}
+            "weighted": weights is not None, "aggregation": "union" if sites is None else "pairwise-consensus"}
 
 
 def evaluate_synthetic(

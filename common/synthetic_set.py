@@ -41,6 +41,9 @@ class SyntheticSet:
     claim: Claim | None  # None for a pool file or a set without a readable claim.json
     weights: torch.Tensor | None = None  # per-image training weights: a server's pool file keeps them
     soft_labels: torch.Tensor | None = None  # per image, the class distribution of the site's DP model
+    # a consensus pool file: per image the index of its site, and per site its (capped) released class counts
+    sites: torch.Tensor | None = None
+    class_counts: torch.Tensor | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -187,6 +190,24 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
     return None
 
 
+CONSENSUS = ("sites", "class_counts")  # a pool file's tensors for `fedsynth.common.front_end.consensus`
+
+
+def consensus_problem(sites: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor, classes: int) -> str | None:
+    """Why `sites` (int64 [N], each image's site) and `class_counts` (float64 [S, classes]) cannot be used."""
+    if sites.dtype != torch.int64 or sites.shape != labels.shape:
+        return f"sites must be int64, one per image ({tuple(labels.shape)})"
+    if counts.dtype != torch.float64 or counts.ndim != 2 or counts.shape[1] != classes or not 0 < counts.shape[0]:
+        return f"class_counts must be float64 [sites, {classes}]"
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        return "class_counts must be finite and non-negative"
+    if sites.numel() and (int(sites.min()) < 0 or int(sites.max()) >= counts.shape[0]):
+        return f"sites must index the {counts.shape[0]} rows of class_counts"
+    if bool((torch.bincount(sites, minlength=counts.shape[0]) == 0).any()):
+        return "every site in class_counts must hold images"
+    return None
+
+
 def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
     """Read a set from its folder or its safetensors file (claim.json beside it, if any); a file that is
     not a set is a SetError naming it.
@@ -203,14 +224,19 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
-    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights", "soft_labels"}:
-        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights' and 'soft_labels', "
-                       f"found {sorted(tensors)[:5]}")
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights", "soft_labels", *CONSENSUS}:
+        raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', 'soft_labels', "
+                       f"'sites' and 'class_counts', found {sorted(tensors)[:5]}")
     weights, soft = tensors.get("weights"), tensors.get("soft_labels")
     if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
         raise SetError(f"{file}: {problem}")
     if soft is not None and (problem := soft_label_problem(soft, tensors["labels"], soft.shape[-1] if soft.ndim
                                                            else 0)):
+        raise SetError(f"{file}: {problem}")
+    sites, counts = tensors.get("sites"), tensors.get("class_counts")
+    if (sites is None) != (counts is None) or (sites is not None and soft is None):
+        raise SetError(f"{file}: 'sites' and 'class_counts' come together, with 'soft_labels'")
+    if sites is not None and (problem := consensus_problem(sites, counts, tensors["labels"], soft.shape[-1])):
         raise SetError(f"{file}: {problem}")
     claim_file = file.parent / CLAIM_FILE
     claim = None
@@ -219,4 +245,4 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
             claim = Claim.from_json(read_regular_file(claim_file, 1 << 20))
         except (ClaimError, OSError):
             claim = None
-    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft)
+    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft, sites, counts)

@@ -29,6 +29,13 @@ def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
     return counts * (cap / total) if total > cap else counts
 
 
+def consensus_inputs(uploads: Sequence[Upload], head_batch: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pooled image its site's index, and per site its capped counts: what the pool file keeps so that
+    `fedsynth evaluate` refits the round's consensus head."""
+    sites = torch.cat([torch.full((len(u.labels),), i, dtype=torch.long) for i, u in enumerate(uploads)])
+    return sites, torch.stack([capped_counts(u, head_batch) for u in uploads])
+
+
 def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
                         image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
                         aggregation: str | None = None) -> tuple[FrontEndClassifier, str]:

@@ -46,7 +46,8 @@ def privacy_markdown(sites: list[dict[str, Any]]) -> str:
 def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, Any]], config: dict[str, Any],
                   versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
                   classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None,
-                  pool_soft_labels: torch.Tensor | None = None) -> None:
+                  pool_soft_labels: torch.Tensor | None = None, pool_sites: torch.Tensor | None = None,
+                  pool_class_counts: torch.Tensor | None = None) -> None:
     """Everything a round leaves behind; the pool file keeps the images' training weights (if any), so the
     global model can be retrained from it exactly."""
     out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,8 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
         pool["weights"] = pool_weights.float().contiguous()
     if pool_soft_labels is not None:
         pool["soft_labels"] = pool_soft_labels.float().contiguous()
+    if pool_sites is not None:  # what `fedsynth evaluate` needs to refit the round's consensus head
+        pool["sites"], pool["class_counts"] = pool_sites.long().contiguous(), pool_class_counts.double().contiguous()
     save_file(pool, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
         keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS]

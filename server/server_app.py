@@ -19,7 +19,7 @@ from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
-from fedsynth.server.front_end_model import fit_front_end_model
+from fedsynth.server.front_end_model import consensus_inputs, fit_front_end_model
 from fedsynth.server.intake import Intake
 from fedsynth.server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
 from fedsynth.server.registry import KeyRegistry
@@ -126,13 +126,15 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-        aggregation, union_acc = None, None
+        aggregation, union_acc, pool_sites, pool_counts = None, None, None, None
     else:  # a ridge head on the sites' front end, from their heads' soft labels (and class counts)
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
                    weights=weights)
         model, aggregation = fit_front_end_model(front_end, accepted, **fit)
         union_acc = None if aggregation == "union" else accuracy(
             fit_front_end_model(front_end, accepted, **fit, aggregation="union")[0], test)
+        if aggregation == "pairwise-consensus":
+            pool_sites, pool_counts = consensus_inputs(accepted, fit["head_batch"])
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
@@ -143,7 +145,8 @@ def main(grid: Grid, context: Context) -> None:
                "pool_weighting": "uniform" if weights is None else chosen,
                "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
-                  pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft)
+                  pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft,
+                  pool_sites=pool_sites, pool_class_counts=pool_counts)
     print("\n" + privacy_markdown(sites), flush=True)
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

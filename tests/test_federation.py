@@ -110,6 +110,15 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_he
     pool = load_file(str(out / "synthetic_pool.safetensors"))
     assert pool["soft_labels"].shape == (2 * 2 * 10, 10)
     assert torch.allclose(pool["soft_labels"].sum(1), torch.ones(40), atol=1e-4)
+    # the pool file holds what refits the round's head: `fedsynth evaluate` on it reports the round's accuracy
+    assert pool["sites"].tolist() == [0] * 20 + [1] * 20 and pool["class_counts"].shape == (2, 10)
+    from fedsynth.client.cli import main
+
+    assert main(["evaluate", str(out / "synthetic_pool.safetensors"), "--dataset", "mnist5k", "--json",
+                 str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["aggregation"] == "pairwise-consensus"
+    assert evaluated["accuracy_mean"] == pytest.approx(metrics["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

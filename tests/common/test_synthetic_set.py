@@ -68,3 +68,33 @@ def test_soft_labels_round_trip_and_bad_ones_are_refused_naming_the_problem(tmp_
     save_file({"images": images, "labels": labels, "soft_labels": soft * 3}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(SetError, match="sum to 1"):
         load_synthetic_set(tmp_path / "bad.safetensors")
+
+
+SOFT = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), 1)
+SITES = torch.tensor([0, 0, 0, 1, 1, 1])
+COUNTS = torch.tensor([[10.0, 0.0, 5.0], [3.0, 3.0, 3.0]], dtype=torch.float64)
+
+
+def test_a_consensus_pool_file_keeps_each_images_site_and_the_sites_counts(tmp_path):
+    images, labels = _set()
+    kept = load_synthetic_set(_write(tmp_path / "pool.safetensors", images=images, labels=labels, soft_labels=SOFT,
+                                     sites=SITES, class_counts=COUNTS))
+    assert torch.equal(kept.sites, SITES) and torch.equal(kept.class_counts, COUNTS)
+
+
+@pytest.mark.parametrize("tensors, reason", [
+    (dict(sites=SITES), "come together"),
+    (dict(sites=SITES, class_counts=COUNTS, soft_labels=None), "come together"),
+    (dict(sites=SITES.int(), class_counts=COUNTS), "sites must be int64"),
+    (dict(sites=SITES, class_counts=COUNTS.float()), "class_counts must be float64"),
+    (dict(sites=SITES, class_counts=-COUNTS), "finite and non-negative"),
+    (dict(sites=SITES + 1, class_counts=COUNTS), "must index"),
+    (dict(sites=SITES * 0, class_counts=COUNTS), "must hold images"),
+])
+def test_a_malformed_consensus_pool_is_refused_naming_the_problem(tmp_path, tensors, reason):
+    images, labels = _set()
+    given = {"soft_labels": SOFT, **tensors}
+    given = {k: v for k, v in given.items() if v is not None}
+    path = _write(tmp_path / "pool.safetensors", images=images, labels=labels, **given)
+    with pytest.raises(SetError, match=reason):
+        load_synthetic_set(path)
