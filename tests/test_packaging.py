@@ -49,6 +49,9 @@ def fresh_env(wheel, tmp_path_factory) -> Path:
 def test_the_wheel_installs_one_top_level_package_with_the_app_settings(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"fedsynth", "fedsynth-0.1.0.dist-info"}
+    sources = {f"fedsynth/{p.relative_to(ROOT)}" for folder in ("client", "server", "common")
+               for p in (ROOT / folder).rglob("*.py")}
+    assert sources <= set(names), f"left out of the wheel: {sorted(sources - set(names))[:5]}"
     settings = zipfile.ZipFile(wheel).read("fedsynth/common/flower_app.toml").decode()
     assert settings == (ROOT / "pyproject.toml").read_text()  # the link to pyproject.toml, resolved
 
