@@ -255,6 +255,7 @@ def _shared_seed(row: dict) -> bool:
 
 
 OLDER_MARKS = "²³⁴⁵⁶⁷⁸⁹"
+TODAY_AGGREGATION = "pairwise-consensus"  # how a front-end round's server combines the sites (metrics' aggregation)
 
 
 def _ran_with(config: dict, key: str):
@@ -272,10 +273,13 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
             continue
         today = {**engine_settings(), "front-end": _ran_with(r["settings"], "front-end")}
         then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS if _ran_with(r["settings"], k) != today[k])
+        if r.get("front_end", "none") != "none" and r.get("aggregation") != TODAY_AGGREGATION:
+            then += (("aggregation", r.get("aggregation") or "union"),)  # the server's rule for front-end rounds
         if then and (then in older or len(older) < len(OLDER_MARKS)):
             marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
+    today_settings = {**engine_settings(), "aggregation": TODAY_AGGREGATION}
     notes = [f"\n{mark} measured with the app's earlier engine settings: {', '.join(f'{k}={v}' for k, v in then)} "
-             f"(today's: {', '.join(f'{k}={engine_settings()[k]}' for k, _ in then)})."
+             f"(today's: {', '.join(f'{k}={today_settings[k]}' for k, _ in then)})."
              for then, mark in older.items()]
     return marks, notes
 
