@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -55,6 +56,37 @@ def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: floa
     raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f}s; see {log}")
 
 
+RUN_MARK = "FEDSYNTH_SIMULATION"  # set in the SuperLink's environment; every process it starts inherits it
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Processes whose environment holds RUN_MARK=`mark`: the SuperLink's, even those that left its process
+    group (the simulation and Ray start their own). Linux only: elsewhere none are found."""
+    needle = f"{RUN_MARK}={mark}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes() + b"\0" and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stop_marked(mark: str, grace: float = 15.0) -> None:
+    """SIGTERM every process marked `mark`, then SIGKILL those left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = marked_processes(mark)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and marked_processes(mark) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
     if process.poll() is not None:
@@ -78,7 +110,8 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{http}"\ninsecure = true\n'
     )
-    env = flower_env(flwr_home)
+    mark = secrets.token_hex(8)
+    env = {**flower_env(flwr_home), RUN_MARK: mark}
     log = flwr_home / "superlink.log"
     command = ["flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
                "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(http),
@@ -91,6 +124,7 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         stop_process_group(process)
+        stop_marked(mark)  # what left the group: the simulation and Ray's processes, if still running
 
 
 def run_simulation(app_dir: Path, sites: int, run_config: str | None = None, flwr_home: Path | None = None,

@@ -213,15 +213,17 @@ def test_sigterm_to_fedsynth_simulate_stops_every_flower_and_ray_process(tmp_pat
     import sys
 
     before = _leftovers()
-    config = (TINY + f' steps=200 min-sites=2 expected-sites=2 output-dir="{tmp_path / "out"}" '
+    config = (TINY.replace("steps=6 ", "steps=200 ") + f' min-sites=2 expected-sites=2 output-dir="{tmp_path / "out"}" '
               f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"')
     run = subprocess.Popen([sys.executable, "-m", "fedsynth.client.cli", "simulate", "--sites", "2", "--run-config",
                             config], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env={**os.environ, "FEDSYNTH_HOME": str(tmp_path / "home")})
+    seen = []
     for line in run.stdout:  # wait until the sites are distilling: every process of the stack is up
+        seen.append(line)
         if "distilling" in line:
             break
-    assert run.poll() is None, "the run ended before it could be interrupted"
+    assert run.poll() is None, "the run ended before it could be interrupted:\n" + "".join(seen[-30:])
     assert _leftovers() != before
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
