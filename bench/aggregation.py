@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, percent, update_readme_block  # noqa: E402
+from bench.results_io import add_federation_arguments, merge_rows, percent, update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
 RULES = ("each site's own head (mean)", "plain average", "average weighted by site size",
@@ -98,10 +98,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epsilon", type=float, nargs="*", default=[1.0, 10.0])
-    parser.add_argument("--sites", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_federation_arguments(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--readme-only", action="store_true")
     args = parser.parse_args()

@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.results_io import add_federation_arguments  # noqa: E402
 
 ROUNDS = (10, 30, 50)
 LEARNING_RATES = (0.2, 0.4, 0.8)
@@ -54,10 +55,7 @@ def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epsilon", type=float, nargs="*", default=[1.0, 10.0])
-    parser.add_argument("--sites", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_federation_arguments(parser)
     args = parser.parse_args()
     from fedsynth.common.data import load_fashion_mnist
     from fedsynth.common.front_end import build_front_end

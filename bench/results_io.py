@@ -35,6 +35,14 @@ def site_seeding(sites: list[dict]) -> str:
     return "per-site" if seeds and None not in seeds and len(set(seeds)) == len(seeds) else "shared"
 
 
+def add_federation_arguments(parser) -> None:
+    """The in-process federation benches' shared flags: the ε values, and the Dirichlet federation (sites, α, seed)."""
+    parser.add_argument("--epsilon", type=float, nargs="*", default=[1.0, 10.0])
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def percent(mean: float, std: float | None = None) -> str:
     """An accuracy (fraction) as "71.0 ± 0.4" in %; the spread left off where there is none (one seed)."""
     return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")

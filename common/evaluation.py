@@ -108,9 +108,7 @@ def evaluate_on_front_end(
 
     fe = build_front_end(front_end, test.image_shape)
     if sites is not None:
-        parts = [sites == s for s in range(class_counts.shape[0])]
-        model = fit_consensus(fe, [(images[p], labels[p], soft_labels[p]) for p in parts], list(class_counts),
-                              test.num_classes)
+        model = fit_consensus(fe, images, labels, soft_labels, sites, class_counts, test.num_classes)
     else:
         model = fit_head(fe, images, labels, test.num_classes, soft_labels, weights)
     score = accuracy(model, test)

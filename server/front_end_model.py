@@ -18,9 +18,6 @@ from fedsynth.common.front_end.consensus import fit_consensus
 from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
 from fedsynth.common.payload import Upload
 
-AGGREGATIONS = ("pairwise-consensus", "union")
-
-
 def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
     """The site's noisy class counts (≥ 0), scaled down to total at most head-batch / q."""
     counts = torch.tensor(upload.claim.class_counts, dtype=torch.float64).clamp_min(0.0)
@@ -38,16 +35,14 @@ def consensus_inputs(uploads: Sequence[Upload], head_batch: float) -> tuple[torc
 
 def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
                         image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
-                        aggregation: str | None = None) -> tuple[FrontEndClassifier, str]:
-    """The round's head and how it was combined (`aggregation`: None picks consensus when every site has counts)."""
+                        union: bool = False) -> tuple[FrontEndClassifier, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The round's head, and the (sites, counts) it was combined by: None for the union fit (asked for with
+    `union`, or because a site sent no counts)."""
     fe = build_front_end(front_end, image_shape)
-    counted = all(u.claim.class_counts is not None for u in uploads)
-    chosen = aggregation or ("pairwise-consensus" if counted else "union")
-    if chosen == "pairwise-consensus" and counted:
-        sets = [(u.images, u.labels, u.soft_labels) for u in uploads]
-        counts = [capped_counts(u, head_batch) for u in uploads]
-        return fit_consensus(fe, sets, counts, num_classes), chosen
     images = torch.cat([u.images for u in uploads])
     labels = torch.cat([u.labels for u in uploads])
     soft = torch.cat([u.soft_labels for u in uploads])
-    return fit_head(fe, images, labels, num_classes, soft, weights), "union"
+    if not union and all(u.claim.class_counts is not None for u in uploads):
+        sites, counts = consensus_inputs(uploads, head_batch)
+        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), (sites, counts)
+    return fit_head(fe, images, labels, num_classes, soft, weights), None

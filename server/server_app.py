@@ -19,7 +19,7 @@ from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
-from fedsynth.server.front_end_model import consensus_inputs, fit_front_end_model
+from fedsynth.server.front_end_model import fit_front_end_model
 from fedsynth.server.intake import Intake
 from fedsynth.server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
 from fedsynth.server.registry import KeyRegistry
@@ -130,11 +130,11 @@ def main(grid: Grid, context: Context) -> None:
     else:  # a ridge head on the sites' front end, from their heads' soft labels (and class counts)
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
                    weights=weights)
-        model, aggregation = fit_front_end_model(front_end, accepted, **fit)
-        union_acc = None if aggregation == "union" else accuracy(
-            fit_front_end_model(front_end, accepted, **fit, aggregation="union")[0], test)
-        if aggregation == "pairwise-consensus":
-            pool_sites, pool_counts = consensus_inputs(accepted, fit["head_batch"])
+        model, combined_by = fit_front_end_model(front_end, accepted, **fit)
+        aggregation = "union" if combined_by is None else "pairwise-consensus"
+        union_acc = None if combined_by is None else accuracy(
+            fit_front_end_model(front_end, accepted, **fit, union=True)[0], test)
+        pool_sites, pool_counts = combined_by or (None, None)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),

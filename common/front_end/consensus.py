@@ -50,14 +50,16 @@ def consensus(heads: Sequence[torch.Tensor], counts: Sequence[torch.Tensor]) -> 
     return torch.linalg.solve(total + pull * torch.eye(k, dtype=total.dtype), rhs)
 
 
-def fit_consensus(front_end: FrontEnd, sets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-                  counts: Sequence[torch.Tensor], num_classes: int) -> FrontEndClassifier:
-    """Each site's head fitted to its own (images, labels, soft labels), combined by `consensus`."""
+def fit_consensus(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
+                  sites: torch.Tensor, counts: torch.Tensor, num_classes: int) -> FrontEndClassifier:
+    """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]),
+    combined by `consensus`: the round's model, and `fedsynth evaluate`'s on the round's pool file."""
     maps = []
-    for images, labels, soft in sets:
-        head = fit_head(front_end, images, labels, num_classes, soft).head
+    for site in range(counts.shape[0]):
+        part = sites == site
+        head = fit_head(front_end, images[part], labels[part], num_classes, soft_labels[part]).head
         maps.append(torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1))
-    joint = consensus(maps, counts).float()
+    joint = consensus(maps, list(counts)).float()
     head = torch.nn.Linear(joint.shape[1] - 1, num_classes)
     with torch.no_grad():
         head.weight.copy_(joint[:, :-1])

@@ -36,8 +36,10 @@ def test_a_site_claiming_more_records_than_its_sample_rate_allows_is_scaled_down
 def test_consensus_needs_every_site_counted_else_the_union_is_fitted():
     a, b = _upload(*_set(1), (50.0,) * 10), _upload(*_set(2), (70.0,) * 10)
     fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
-    model, how = fit_front_end_model("scatter", [a, b], **fit)
-    assert how == "pairwise-consensus" and model.head.weight.shape == (10, 81 * 7 * 7)
+    model, combined_by = fit_front_end_model("scatter", [a, b], **fit)
+    assert combined_by is not None and model.head.weight.shape == (10, 81 * 7 * 7)
+    sites, counts = combined_by
+    assert sites.tolist() == [0] * 20 + [1] * 20 and counts.tolist() == [[50.0] * 10, [70.0] * 10]
     uncounted = dataclasses.replace(b, claim=dataclasses.replace(b.claim, class_counts=None))
-    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1] == "union"
-    assert fit_front_end_model("scatter", [a, b], **fit, aggregation="union")[1] == "union"
+    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1] is None  # the union fit
+    assert fit_front_end_model("scatter", [a, b], **fit, union=True)[1] is None
