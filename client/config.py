@@ -22,16 +22,19 @@ from fedsynth.common.models import NORMS
 from fedsynth.common.privacy.accounting import ACCOUNTANTS
 
 MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases (the most a claim may carry)
+PIXELS, FRONT_END = "pixels", "front end"  # which engine reads a setting: front-end none, or any other
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
             open_high: bool = False, flag: str | None = "", key: str | None = None, app: Any = MISSING,
-            choices: tuple[str, ...] | None = None) -> Any:
+            choices: tuple[str, ...] | None = None, engine: str | None = None) -> Any:
     """A DistillConfig field. `flag`: the CLI flag ("" derives `--name-with-dashes`, None: not on the CLI);
     `key`: the run-config key the federated app sends (None: not sent); `app`: the app's default where it
-    differs from the engine's; `low`/`high`: the allowed range (open ends excluded)."""
+    differs from the engine's; `low`/`high`: the allowed range (open ends excluded); `engine`: PIXELS or
+    FRONT_END for a setting only that engine reads (None: both)."""
     return field(default=default, metadata=dict(help=help, low=low, high=high, open_low=open_low,
-                                                 open_high=open_high, flag=flag, key=key, app=app, choices=choices))
+                                                 open_high=open_high, flag=flag, key=key, app=app, choices=choices,
+                                                 engine=engine))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,50 +53,54 @@ class DistillConfig:
                                              high=MAX_NOISE_MULTIPLIER)
     accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS)
     iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
-                              high=MAX_ITERATIONS, flag="--steps", key="steps", app=20)
-    inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps")
-    net_steps: int = setting(1, "network updates on S between releases (free)", low=0, high=10_000)
-    image_steps: int = setting(1, "updates of S against each release (free post-processing)", low=1, high=10_000)
+                              high=MAX_ITERATIONS, flag="--steps", key="steps", app=20, engine=PIXELS)
+    inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps",
+                               engine=PIXELS)
+    net_steps: int = setting(1, "network updates on S between releases (free)", low=0, high=10_000, engine=PIXELS)
+    image_steps: int = setting(1, "updates of S against each release (free post-processing)", low=1, high=10_000,
+                               engine=PIXELS)
     replay_epochs: int = setting(0, "passes over every release after the run, matching it again (free "
                                  "post-processing: a release's noise enters many small updates that average it)",
-                                 low=0, high=10_000, key="replay-epochs", app=6)
+                                 low=0, high=10_000, key="replay-epochs", app=6, engine=PIXELS)
     replay_lr_end: float = setting(1.0, "image learning rate at the end of the replay passes, a fraction of "
                                    "--lr-images (linear decay)", low=0.0, high=1.0, open_low=True,
-                                   key="replay-lr-end", app=0.1)
+                                   key="replay-lr-end", app=0.1, engine=PIXELS)
     batch_per_class: float = setting(64.0, "expected records per class per release (sets q)", low=0.0, high=1e9,
-                                     open_low=True, key="batch-per-class")
-    sample_rate: float | None = setting(None, "Poisson rate q (overrides --batch-per-class)", low=0.0, high=1.0,
-                                        open_low=True)
+                                     open_low=True, key="batch-per-class", engine=PIXELS)
+    sample_rate: float | None = setting(None, "Poisson rate q (overrides --batch-per-class, or --head-batch)",
+                                        low=0.0, high=1.0, open_low=True)
     clip_norm: float = setting(1.0, "per-example gradient bound C", low=0.0, high=1e6, open_low=True)
     release_layers: int = setting(2, "release and match only the last N weight layers' gradients (0: every "
                                   "parameter; the first convolutions' noised gradients cost more than they teach)",
-                                  low=0, high=1_000, key="release-layers")
+                                  low=0, high=1_000, key="release-layers", engine=PIXELS)
     match_per: str = setting("unit", "gradient-matching cosine per output unit (DC's) or per whole layer",
-                             choices=MATCH_UNITS)
-    width: int = setting(32, "distillation ConvNet width", low=1, high=4096, key="width")
-    depth: int = setting(3, "distillation ConvNet depth", low=1, high=64)
-    norm: str = setting("instancenorm", "distillation ConvNet normalisation", choices=NORMS)
-    lr_images: float = setting(1.0, "image learning rate", low=0.0, high=1e6, open_low=True, key="lr-images")
-    momentum_images: float = setting(0.5, "image momentum", low=0.0, high=1.0, open_high=True, flag=None)
-    lr_net: float = setting(0.01, "network learning rate on the synthetic set", low=0.0, high=1e6, flag=None)
-    augment: bool = setting(True, "differentiable siamese augmentation", flag=None)
+                             choices=MATCH_UNITS, engine=PIXELS)
+    width: int = setting(32, "distillation ConvNet width", low=1, high=4096, key="width", engine=PIXELS)
+    depth: int = setting(3, "distillation ConvNet depth", low=1, high=64, engine=PIXELS)
+    norm: str = setting("instancenorm", "distillation ConvNet normalisation", choices=NORMS, engine=PIXELS)
+    lr_images: float = setting(1.0, "image learning rate", low=0.0, high=1e6, open_low=True, key="lr-images",
+                               engine=PIXELS)
+    momentum_images: float = setting(0.5, "image momentum", low=0.0, high=1.0, open_high=True, flag=None, engine=PIXELS)
+    lr_net: float = setting(0.01, "network learning rate on the synthetic set", low=0.0, high=1e6, flag=None,
+                            engine=PIXELS)
+    augment: bool = setting(True, "differentiable siamese augmentation", flag=None, engine=PIXELS)
     every_class_populated: bool = setting(True, "refuse classes with fewer than ipc records (a federated site "
                                           "distils every class: skipping one would reveal it holds none)", flag=None)
     head_epochs: float = setting(20.0, "scatter: DP-SGD epochs of the head (steps = epochs / q)", low=0.0,
-                                 open_low=True, high=10_000.0, key="head-epochs")
+                                 open_low=True, high=10_000.0, key="head-epochs", engine=FRONT_END)
     head_batch: float = setting(4096.0, "scatter: expected records per DP-SGD step (sets q)", low=0.0, high=1e9,
-                                open_low=True, key="head-batch")
+                                open_low=True, key="head-batch", engine=FRONT_END)
     head_lr: float = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9)", low=0.0, high=1e6,
-                             open_low=True, key="head-lr")
+                             open_low=True, key="head-lr", engine=FRONT_END)
     synthesis_steps: int = setting(300, "scatter: pixel-space steps fitting the images to the head (free "
-                                   "post-processing)", low=1, high=100_000, key="synthesis-steps")
+                                   "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END)
     temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=1e3,
-                                 open_low=True, key="temperature")
+                                 open_low=True, key="temperature", engine=FRONT_END)
     seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),
                         high=2**63 - 1)
-    checkpoint_every: int = setting(10, "iterations between checkpoints", low=1, flag=None)
+    checkpoint_every: int = setting(10, "iterations between checkpoints", low=1, flag=None, engine=PIXELS)
     classes_per_pass: int = setting(0, "classes released from one per-example pass (0: all on CUDA, one on CPU)",
-                                    low=0, flag=None)
+                                    low=0, flag=None, engine=PIXELS)
 
     @property
     def releases(self) -> int:
@@ -170,9 +177,23 @@ def add_arguments(parser: argparse.ArgumentParser | Any, names: tuple[str, ...] 
 
 
 def from_arguments(args: argparse.Namespace, **fixed: Any) -> DistillConfig:
-    """The config of parsed `add_arguments` flags; `fixed` sets fields the CLI does not expose."""
+    """The config of parsed `add_arguments` flags; `fixed` sets fields the CLI does not expose. A flag the chosen
+    engine never reads is refused, so that a run is not spent on settings that were silently ignored."""
     given = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
-    return DistillConfig(**{**given, **fixed})
+    config = DistillConfig(**{**given, **fixed})
+    check_engine_settings(config, DistillConfig())
+    return config
+
+
+def check_engine_settings(config: DistillConfig, baseline: DistillConfig) -> None:
+    """Refuse a setting changed from `baseline` that the chosen engine does not read."""
+    engine = PIXELS if config.front_end == "none" else FRONT_END
+    for f in fields(config):
+        wanted = f.metadata["engine"]
+        if wanted is not None and wanted != engine and getattr(config, f.name) != getattr(baseline, f.name):
+            where = "--front-end none" if wanted == PIXELS else "a front end (--front-end scatter)"
+            raise EngineError(f"{_flag(f) or f.name} applies only to {where}; with --front-end {config.front_end} "
+                              "it would be ignored: drop it")
 
 
 def app_default(f) -> Any:

@@ -37,7 +37,7 @@ from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
 from fedsynth.client.feature_synthesis import soft_labels, synthesise
 from fedsynth.client.head_training import linear_head, train_head
 from fedsynth.client.matching import matching_distance
-from fedsynth.client.noisy_gradient import NoisyClassGradients
+from fedsynth.client.class_release import PoissonClassRelease, class_groups, generator
 from fedsynth.client.config import DistillConfig, check_settings
 from fedsynth.client.errors import EngineError
 from fedsynth.client.release_store import ReleaseStore
@@ -179,10 +179,6 @@ def released_names(net: torch.nn.Module, layers: int) -> list[str]:
     return weights[-layers:]
 
 
-def _generator(seed: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed % (2**63))
-
-
 # ---- the run ------------------------------------------------------------------------------------
 @dataclass
 class _RunState:
@@ -231,7 +227,7 @@ def distill(
     ledger.entries()  # a damaged ledger stops the run before its folder is made
     with RunFolder(Path(out_dir)) as folder:
         # the public start: images in model space (pixels), or pixel logits (a front end)
-        initial = torch.randn(num_classes * config.ipc, channels, size, size, generator=_generator(config.seed)) * 0.5
+        initial = torch.randn(num_classes * config.ipc, channels, size, size, generator=generator(config.seed)) * 0.5
         initial = initial.clamp(-1, 1) if config.front_end == "none" else initial
         run = _start_or_resume(folder, ledger, the_plan, config_dict, secret_seed, label, initial)
         if run.finished is not None:  # the set was final before a crash: release it, nothing is recomputed
@@ -350,16 +346,17 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
     if "momentum" in tensors:
         image_opt.state[synthetic]["momentum_buffer"] = tensors["momentum"].to(dev)
 
-    by_class = [to_model_space(dataset.images[dataset.labels == c]) for c in range(num_classes)]
-    counts = [int(x.shape[0]) for x in by_class]
-    real = torch.cat(by_class).to(dev)  # class-sorted; class c's records start at offsets[c]
-    offsets = [sum(counts[:c]) for c in range(num_classes)]
-    groups = _class_groups(num_classes, config.classes_per_pass, dev)
     template = _network(dataset, config)  # every draw has its parameters, so the released ones are named once
     released = released_names(template, config.release_layers)
     dimension = sum(p.numel() for n, p in template.named_parameters() if n in released)  # numbers per release
     augmenter = Augmenter() if config.augment else None
     mech = the_plan.mechanism
+    net = template.to(dev)  # the run's one network: every iteration loads its fresh public draw
+    twin = copy.deepcopy(net)  # hook-free twin for the synthetic passes; it computes with net's own parameters
+    by_class = [to_model_space(dataset.images[dataset.labels == c]).to(dev) for c in range(num_classes)]
+    release = PoissonClassRelease(net, by_class, mech, secret, released,
+                                  class_groups(num_classes, config.classes_per_pass, dev), augmenter)
+    del by_class
     history: list[float] = []
     kept = ReleaseStore()  # the releases the replay passes match again (post-processing; never leaves the site)
     # Σ over releases of ‖ĝ_c‖² per class, for the claim's class signal (post-processing of the releases)
@@ -373,23 +370,18 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
                desc="distilling", unit="it", dynamic_ncols=True)
     for t in bar:
         draw_seed = (config.seed * 1_000_003 + t + 1) % (2**63)  # public: this iteration's network and views
-        public = _generator(draw_seed)
-        sampling = _generator(secret + 7919 * t)
-        noise = _generator(secret + 7919 * t + 1, dev)
-        with torch.random.fork_rng(devices=[]):
+        public = generator(draw_seed)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(draw_seed)
-            net = _network(dataset, config)
-        net = net.to(dev)
-        twin = copy.deepcopy(net)  # hook-free twin for the synthetic passes; it computes with net's own parameters
-        releaser = NoisyClassGradients(net, mech.clip_norm, mech.noise_multiplier, noise, released)
+            net.load_state_dict(_network(dataset, config).state_dict())
+        release.start_iteration(t)
         params = {name: p for name, p in net.named_parameters() if p.requires_grad}
         net_opt = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.5)
         loss_sum = 0.0
         for k in range(config.inner_steps):
             # the release: one noised gradient per class (the only real-data path); classes are disjoint
-            masks = [torch.rand(n, generator=sampling) < mech.sample_rate for n in counts]
             views = [augmenter.sample(public) if augmenter is not None else None for _ in range(num_classes)]
-            targets = _release(releaser, real, offsets, masks, views, groups, augmenter)
+            targets = release(views)
             signal_sq += _squared_norms(targets)
             signal_releases += 1
             syn_views = None if augmenter is None else per_example(views, [config.ipc] * num_classes)
@@ -401,7 +393,6 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
             if k < config.inner_steps - 1:
                 _train_net_on_synthetic(twin, params, net_opt, synthetic.detach(), labels.to(dev), config.net_steps,
                                         augmenter, public)
-        releaser.module.disable_hooks()
         history.append(loss_sum / (config.inner_steps * num_classes))
         done = t + 1
         if progress:
@@ -415,9 +406,11 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
         if on_iteration is not None:
             on_iteration(done)
     bar.close()
+    release.close()
+    del release
     if config.replay_epochs and kept:
         _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released, augmenter,
-                num_classes, config.match_per, _generator(config.seed * 1_000_003), progress)
+                num_classes, config.match_per, generator(config.seed * 1_000_003), progress)
 
     images = quantise(to_pixel_space(synthetic.detach()))  # 8-bit pixels: one byte each on the wire
     if not bool(torch.isfinite(synthetic).all()):
@@ -532,35 +525,6 @@ def class_signal(signal_sq: torch.Tensor, releases: int, mechanism: Mechanism, d
     noise_sq = (mechanism.noise_multiplier * mechanism.clip_norm) ** 2 * dimension
     excess = (signal_sq / releases - noise_sq).clamp(min=0.0)
     return [round(float(v), 4) for v in excess.sqrt() / mechanism.clip_norm]
-
-
-def _class_groups(num_classes: int, per_pass: int, device: torch.device) -> list[list[int]]:
-    """Classes released together from one per-example pass, in class order."""
-    n = per_pass or (num_classes if device.type == "cuda" else 1)
-    return [list(range(c, min(c + n, num_classes))) for c in range(0, num_classes, n)]
-
-
-def _release(
-    releaser: NoisyClassGradients,
-    real: torch.Tensor,
-    offsets: Sequence[int],
-    masks: Sequence[torch.Tensor],
-    views: Sequence[AugmentParams | None],
-    groups: Sequence[Sequence[int]],
-    augmenter: Augmenter | None,
-) -> list[torch.Tensor]:
-    """Every class's noised gradient, one tensor [classes, *p.shape] per parameter; class c's batch is its Poisson
-    mask."""
-    parts = []
-    for group in groups:
-        picked = [masks[c].nonzero().squeeze(1) + offsets[c] for c in group]
-        counts = [int(i.numel()) for i in picked]
-        x = real.index_select(0, torch.cat(picked).to(real.device))
-        if augmenter is not None:
-            x = augmenter.apply(x, per_example([views[c] for c in group], counts))  # each class keeps its own view
-        labels = torch.repeat_interleave(torch.as_tensor(group), torch.as_tensor(counts)).to(real.device)
-        parts.append(releaser(x, labels, group))
-    return [torch.cat(per_param) for per_param in zip(*parts)]
 
 
 def _class_gradients(twin: torch.nn.Module, params: dict[str, torch.Tensor], released: Sequence[str],

@@ -66,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
     weighting = str(cfg.get("pool-weighting", "auto"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
-    if str(cfg.get("front-end", "none")) not in FRONT_ENDS:
+    if str(cfg.get("front-end")) not in FRONT_ENDS:  # no fallback: the sites would read the app's own default
         _fail(out, [], cfg, test, f"unknown front-end {str(cfg.get('front-end'))[:40]!r}; choose from "
               f"{', '.join(FRONT_ENDS)}")
     try:
@@ -84,7 +84,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"[fedsynth] asked {len(nodes)} site(s) for a synthetic set (ε={cfg['epsilon']}, ipc={cfg['ipc']})",
           flush=True)
 
-    front_end = str(cfg.get("front-end", "none"))
+    front_end = str(cfg["front-end"])
     policy = UploadPolicy(num_classes=test.num_classes, image_shape=test.image_shape, max_ipc=int(cfg["ipc"]),
                           max_epsilon=float(cfg["policy-epsilon"]), max_delta=float(cfg["delta"]),
                           front_end=front_end)

@@ -116,6 +116,8 @@ def _refusals(tmp_path):
         (d + ["--depth", "9"], "cannot run on"),
         (s + ["--head-epochs", "0"], "head_epochs must be"),
         (s + ["--temperature", "nan"], "--temperature"),
+        (s + ["--steps", "5"], "--steps applies only to --front-end none"),  # would be ignored by the head's run
+        (d + ["--head-lr", "1"], "--head-lr applies only to a front end"),
         (d + ["--device", "cuda:7"], "cannot run"),
         (d + ["--signing-key", tmp_path], "is not a regular file"),
         (["distill", "--dataset", "mnist5k", "--limit", 200, "--out", tmp_path / "a-file" / "o"], "cannot create"),

@@ -7,6 +7,7 @@ multiplier `noise_multiplier`) so that the engine, the ledger and the audit agre
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -74,11 +75,19 @@ def epsilon_of_history(mechanisms: Iterable[Mechanism], delta: float, accountant
 def calibrate_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """Smallest σ (to Opacus' tolerance) whose `steps`-fold composition at rate q stays at or below ε."""
+    """Smallest σ (to Opacus' tolerance) whose `steps`-fold composition at rate q stays at or below ε.
+
+    The search is deterministic, so its result is cached: a site's progress lines, its plan and its
+    audit ask for the same σ and pay for the search once."""
     _check_accountant(accountant)
     check_delta(delta)
     if not (target_epsilon > 0.0) or math.isinf(target_epsilon):
         raise ValueError(f"target epsilon must be finite and > 0, got {target_epsilon}")
+    return _calibrated(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     with warnings.catch_warnings():  # the search visits tiny σ where Opacus asks for more RDP orders
         warnings.simplefilter("ignore", UserWarning)
         sigma = float(

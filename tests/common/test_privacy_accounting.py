@@ -61,3 +61,23 @@ def test_bad_target_epsilon_refused():
     for eps in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="epsilon"):
             calibrate_noise_multiplier(eps, 1e-5, 0.01, 100)
+
+
+def test_calibration_searches_once_per_mechanism(monkeypatch):
+    """A site's progress lines and its plan ask for the same σ: the search runs once, and a different
+    mechanism still gets its own search (the cache key is the whole mechanism)."""
+    import fedsynth.common.privacy.accounting as accounting
+
+    calls = []
+    real = accounting.get_noise_multiplier
+
+    def counting(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(accounting, "get_noise_multiplier", counting)
+    first = calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 77)
+    assert calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 77) == first
+    assert len(calls) == 1
+    assert calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 308) > first  # four times the steps need more noise
+    assert len(calls) == 2
