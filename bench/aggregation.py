@@ -6,13 +6,18 @@ site's head directly (the ceiling of what a set that reproduces the head can car
 each rule. Rules marked `released only` use nothing but what a site releases; the others use the true
 class counts, as non-private references. Writes bench/results/aggregation.json.
 
+With --head-settings it measures instead how the sites' own DP-SGD settings (expected batch, learning
+rate, epochs) move the consensus head, and writes bench/results/site_heads.json:
+
     .venv/bin/python bench/aggregation.py --epsilon 1 10
+    .venv/bin/python bench/aggregation.py --epsilon 1 --head-settings 4096:0.4:20 1024:0.2:20
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import add_federation_arguments, merge_rows, percent, update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
+HEADS_OUT = ROOT / "bench" / "results" / "site_heads.json"
 RULES = ("each site's own head (mean)", "plain average", "average weighted by site size",
          "class rows weighted by class counts (true)", "pairwise consensus, released counts",
          "pairwise consensus, true counts")
@@ -34,15 +40,16 @@ def features(front_end, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([front_end.features(images[i:i + 2000]) for i in range(0, len(images), 2000)])
 
 
-def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, seed: int):
-    """Each site's head (weights | bias), its true and its released class counts, as the engine makes them."""
+def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, seed: int, **settings):
+    """Each site's head (weights | bias), its true and its released class counts, as the engine makes them
+    (`settings`: DistillConfig fields that differ from the engine's defaults, e.g. head_batch)."""
     from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
     from fedsynth.client.config import DistillConfig
     from fedsynth.client.engine import plan
     from fedsynth.client.head_training import train_head
     from fedsynth.common.partition import partition_indices
 
-    config = DistillConfig(front_end="scatter", epsilon=epsilon)
+    config = DistillConfig(front_end="scatter", epsilon=epsilon, **settings)
     out = []
     for k in range(sites):
         idx = partition_indices(train.labels, sites, k, "dirichlet", alpha, seed)
@@ -96,11 +103,66 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def head_setting(text: str) -> dict:
+    """'BATCH:LR:EPOCHS' → the DistillConfig fields of one site-head setting."""
+    batch, lr, epochs = (float(v) for v in text.split(":"))
+    return {"head_batch": batch, "head_lr": lr, "head_epochs": epochs}
+
+
+def heads_table(rows: list[dict]) -> str:
+    """One line per site-head setting: the consensus head's accuracy at each ε (None: no noise)."""
+    epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: math.inf if e is None else e)
+    label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
+    lines = ["| site's head batch | head lr | epochs | DP-SGD steps of the median site | "
+             + " | ".join(f"consensus, {label[e]}" for e in epsilons) + " |",
+             "|---|---|---|---|" + "---|" * len(epsilons)]
+    setting = lambda r: (r["config"]["head_batch"], r["config"]["head_lr"], r["config"]["head_epochs"])  # noqa: E731
+    for batch, lr, epochs in sorted({setting(r) for r in rows}, reverse=True):
+        found = {r["epsilon"]: r for r in rows if setting(r) == (batch, lr, epochs)}
+        cells = [percent(found[e]["consensus"]) if e in found else "—" for e in epsilons]
+        steps = next(iter(found.values()))["steps"]
+        lines.append(f"| {batch:g} | {lr:g} | {epochs:g} | {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_head_settings(args, train, train_features, test_features, test) -> None:
+    from fedsynth.client.config import DistillConfig
+    from fedsynth.client.engine import plan
+    from fedsynth.common.front_end.consensus import consensus
+    from fedsynth.common.partition import partition_indices
+    from fedsynth.common.versions import library_versions
+
+    parts = [partition_indices(train.labels, args.sites, k, "dirichlet", args.alpha, args.seed)
+             for k in range(args.sites)]
+    site = train.subset(sorted(parts, key=len)[(args.sites - 1) // 2])  # the median site, for the step count
+    for epsilon in args.epsilon:
+        for text in args.head_settings:
+            settings = head_setting(text)
+            started = time.time()
+            heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **settings)
+            released = [r.clamp_min(0) for _, _, r in heads]
+            maps = [h for h, _, _ in heads]
+            steps = plan(site, DistillConfig(front_end="scatter", epsilon=epsilon, **settings)).mechanism.steps
+            row = {"epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5, "sites": args.sites,
+                   "alpha": args.alpha, "seed": args.seed,
+                   "front_end": "scatter", "steps": steps,
+                   "consensus": accuracy(consensus(maps, released), test_features, test.labels),
+                   "average": accuracy(sum(maps) / len(maps), test_features, test.labels),
+                   "seconds": time.time() - started, "versions": library_versions(),
+                   "config": {**settings, "accountant": "rdp", "server_rule": "pairwise consensus, released counts"}}
+            print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
+            merge_rows(HEADS_OUT, "site_heads", [row], key=lambda r: (r["epsilon"] or math.inf, r["seed"], r["sites"],
+                                                                      r["config"]["head_batch"], r["config"]["head_lr"],
+                                                                      r["config"]["head_epochs"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_federation_arguments(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--readme-only", action="store_true")
+    parser.add_argument("--head-settings", nargs="+", metavar="BATCH:LR:EPOCHS",
+                        help="measure these site-head DP-SGD settings (writes site_heads.json) instead of the rules")
     args = parser.parse_args()
     if not args.readme_only:
         from fedsynth.common.data import load_fashion_mnist
@@ -112,7 +174,9 @@ def main() -> int:
         train, test = load_fashion_mnist(True), load_fashion_mnist(False)
         front_end = build_front_end("scatter", train.image_shape).eval()
         train_features, test_features = features(front_end, train.images), features(front_end, test.images)
-        for epsilon in args.epsilon:
+        if args.head_settings:
+            measure_head_settings(args, train, train_features, test_features, test)
+        for epsilon in ([] if args.head_settings else args.epsilon):
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed)
             own = [accuracy(h, test_features, test.labels) for h, _, _ in heads]
             rows = [{"rule": "each site's own head (mean)", "accuracy": sum(own) / len(own), "released_only": True}]
@@ -126,6 +190,12 @@ def main() -> int:
     rows = json.loads(OUT.read_text())["rows"]
     print(table(rows))
     update_readme_block("aggregation", table(rows))
+    if HEADS_OUT.exists():
+        heads = json.loads(HEADS_OUT.read_text())["rows"]
+        print(heads_table(heads))
+        update_readme_block("site-heads", heads_table(heads),
+                            source="_Generated by `bench/aggregation.py --head-settings` from "
+                                   "`bench/results/site_heads.json`._")
     return 0
 
 
