@@ -10,7 +10,7 @@ With --head-settings it measures instead how the sites' own DP-SGD settings (exp
 rate, epochs) move the consensus head, and writes bench/results/site_heads.json:
 
     .venv/bin/python bench/aggregation.py --epsilon 1 10
-    .venv/bin/python bench/aggregation.py --epsilon 1 --head-settings 4096:0.4:20 1024:0.2:20
+    .venv/bin/python bench/aggregation.py --epsilon 1 --head-settings 4096:0.4:20 1024:0.2:20 1024:0.2:20:prv
 """
 
 from __future__ import annotations
@@ -104,24 +104,29 @@ def table(rows: list[dict]) -> str:
 
 
 def head_setting(text: str) -> dict:
-    """'BATCH:LR:EPOCHS' → the DistillConfig fields of one site-head setting."""
-    batch, lr, epochs = (float(v) for v in text.split(":"))
-    return {"head_batch": batch, "head_lr": lr, "head_epochs": epochs}
+    """'BATCH:LR:EPOCHS[:ACCOUNTANT]' → the DistillConfig fields of one site-head setting."""
+    batch, lr, epochs, *accountant = text.split(":")
+    return {"head_batch": float(batch), "head_lr": float(lr), "head_epochs": float(epochs),
+            "accountant": accountant[0] if accountant else "rdp"}
+
+
+def _setting(row: dict) -> tuple:
+    c = row["config"]
+    return c["head_batch"], c["head_lr"], c["head_epochs"], c.get("accountant", "rdp")
 
 
 def heads_table(rows: list[dict]) -> str:
     """One line per site-head setting: the consensus head's accuracy at each ε (None: no noise)."""
     epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: math.inf if e is None else e)
     label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
-    lines = ["| site's head batch | head lr | epochs | DP-SGD steps of the median site | "
+    lines = ["| site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median site | "
              + " | ".join(f"consensus, {label[e]}" for e in epsilons) + " |",
-             "|---|---|---|---|" + "---|" * len(epsilons)]
-    setting = lambda r: (r["config"]["head_batch"], r["config"]["head_lr"], r["config"]["head_epochs"])  # noqa: E731
-    for batch, lr, epochs in sorted({setting(r) for r in rows}, reverse=True):
-        found = {r["epsilon"]: r for r in rows if setting(r) == (batch, lr, epochs)}
+             "|---|---|---|---|---|" + "---|" * len(epsilons)]
+    for batch, lr, epochs, accountant in sorted({_setting(r) for r in rows}, reverse=True):
+        found = {r["epsilon"]: r for r in rows if _setting(r) == (batch, lr, epochs, accountant)}
         cells = [percent(found[e]["consensus"]) if e in found else "—" for e in epsilons]
         steps = next(iter(found.values()))["steps"]
-        lines.append(f"| {batch:g} | {lr:g} | {epochs:g} | {steps} | " + " | ".join(cells) + " |")
+        lines.append(f"| {batch:g} | {lr:g} | {epochs:g} | {accountant} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,18 +147,17 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **settings)
             released = [r.clamp_min(0) for _, _, r in heads]
             maps = [h for h, _, _ in heads]
-            steps = plan(site, DistillConfig(front_end="scatter", epsilon=epsilon, **settings)).mechanism.steps
+            median = plan(site, DistillConfig(front_end="scatter", epsilon=epsilon, **settings)).mechanism
             row = {"epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5, "sites": args.sites,
                    "alpha": args.alpha, "seed": args.seed,
-                   "front_end": "scatter", "steps": steps,
+                   "front_end": "scatter", "steps": median.steps, "noise_multiplier": median.noise_multiplier,
                    "consensus": accuracy(consensus(maps, released), test_features, test.labels),
                    "average": accuracy(sum(maps) / len(maps), test_features, test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
-                   "config": {**settings, "accountant": "rdp", "server_rule": "pairwise consensus, released counts"}}
+                   "config": {**settings, "server_rule": "pairwise consensus, released counts"}}
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
-            merge_rows(HEADS_OUT, "site_heads", [row], key=lambda r: (r["epsilon"] or math.inf, r["seed"], r["sites"],
-                                                                      r["config"]["head_batch"], r["config"]["head_lr"],
-                                                                      r["config"]["head_epochs"]))
+            merge_rows(HEADS_OUT, "site_heads", [row],
+                       key=lambda r: (r["epsilon"] or math.inf, r["seed"], r["sites"], *_setting(r)))
 
 
 def main() -> int:

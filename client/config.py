@@ -51,7 +51,8 @@ class DistillConfig:
                            key="delta")
     noise_multiplier: float | None = setting(None, "give σ directly instead of calibrating to --epsilon", low=0.0,
                                              high=MAX_NOISE_MULTIPLIER)
-    accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS)
+    accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS,
+                              key="accountant")
     iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
                               high=MAX_ITERATIONS, flag="--steps", key="steps", app=20, engine=PIXELS)
     inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedsynth.common.payload import Upload
-from fedsynth.common.privacy.accounting import epsilon_of_history
+from fedsynth.common.privacy.recompute import RecomputeTimeout, epsilon_within
 from fedsynth.common.signing import verify
 from fedsynth.common.synthetic_set import content_hash, set_problem, soft_label_problem
 
@@ -26,7 +26,8 @@ class UploadPolicy:
     max_ipc: int
     max_epsilon: float
     max_delta: float = 1e-5
-    accountants: tuple[str, ...] = ("rdp",)  # recomputed in seconds for any claim; PRV can take minutes
+    accountants: tuple[str, ...] = ("rdp", "prv")
+    recompute_seconds: float = 60.0  # PRV runs in a child process killed at this limit; RDP is always fast
     front_end: str = "none"  # the front end the round's model trains on; a set made for another is refused
 
     @property
@@ -82,7 +83,9 @@ def check_upload(
     if claim.delta > policy.max_delta:
         return Verdict.reject(f"policy: δ={claim.delta:g} above the server's limit {policy.max_delta:g}")
     try:
-        recomputed = epsilon_of_history([claim.mechanism], claim.delta, claim.accountant)
+        recomputed = epsilon_within(claim.mechanism, claim.delta, claim.accountant, policy.recompute_seconds)
+    except RecomputeTimeout as err:
+        return Verdict.reject(f"claim: ε could not be recomputed ({err})")
     except (TypeError, ValueError, ArithmeticError) as err:
         return Verdict.reject(f"claim: mechanism parameters invalid ({type(err).__name__})")
     claimed = claim.epsilon
