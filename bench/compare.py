@@ -91,11 +91,11 @@ def _pool_choice(metrics: dict) -> dict:
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
                "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers",
-               "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "temperature")
+               "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "temperature", "accountant")
 # Keys added after some rows were measured, with the value those rows ran with.
 ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
                       "release-layers": 0, "front-end": "none", "head-epochs": 20.0, "head-batch": 4096.0,
-                      "head-lr": 0.4, "synthesis-steps": 300, "temperature": 4.0}
+                      "head-lr": 0.4, "synthesis-steps": 300, "temperature": 4.0, "accountant": "rdp"}
 
 
 def engine_settings() -> dict:
@@ -263,6 +263,19 @@ def _ran_with(config: dict, key: str):
     return config.get(key, ENGINE_KEYS_BEFORE.get(key))
 
 
+def _keys_read_by(front_end: str) -> set[str]:
+    """The ENGINE_KEYS a round on `front_end` reads: a pixel row is not footnoted for a head setting, nor the
+    reverse (each engine setting's metadata names its engine)."""
+    from dataclasses import fields
+
+    from fedsynth.client.config import FRONT_END as HEAD, PIXELS, DistillConfig
+
+    engine = PIXELS if front_end == "none" else HEAD
+    other = {f.metadata["key"] for f in fields(DistillConfig)
+             if f.metadata["key"] and f.metadata["engine"] not in (None, engine)}
+    return set(ENGINE_KEYS) - other
+
+
 def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
     """Footnote marks (²³…, by row id) for fedsynth rows run under engine settings other than the app's today,
     one per distinct set of old settings, and the footnotes saying what those rows ran with."""
@@ -272,7 +285,9 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
         if r["method"] not in ("fedsynth", "distill-nodp") or "settings" not in r:
             continue
         today = {**engine_settings(), "front-end": _ran_with(r["settings"], "front-end")}
-        then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS if _ran_with(r["settings"], k) != today[k])
+        read = _keys_read_by(_ran_with(r["settings"], "front-end"))
+        then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS
+                     if k in read and _ran_with(r["settings"], k) != today[k])
         if r.get("front_end", "none") != "none" and r.get("aggregation") != TODAY_AGGREGATION:
             then += (("aggregation", r.get("aggregation") or "union"),)  # the server's rule for front-end rounds
         if then and (then in older or len(older) < len(OLDER_MARKS)):
