@@ -70,7 +70,3 @@ class PoissonClassRelease:
             labels = torch.repeat_interleave(torch.as_tensor(group), torch.as_tensor(sizes)).to(self.real.device)
             parts.append(self.gradients(x, labels, group))
         return [torch.cat(per_param) for per_param in zip(*parts)]
-
-    def close(self) -> None:
-        """Leave the network without hooks (the synthetic passes run through a hook-free twin anyway)."""
-        self.gradients.module.disable_hooks()

@@ -406,8 +406,7 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
         if on_iteration is not None:
             on_iteration(done)
     bar.close()
-    release.close()
-    del release
+    del release  # the records' copy; the hooks are already off (NoisyClassGradients turns them off after each release)
     if config.replay_epochs and kept:
         _replay(kept, config.replay_epochs, config.replay_lr_end, image_opt, synthetic, twin, released, augmenter,
                 num_classes, config.match_per, generator(config.seed * 1_000_003), progress)
