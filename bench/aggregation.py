@@ -43,7 +43,7 @@ def features(front_end, images: torch.Tensor) -> torch.Tensor:
 def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, seed: int, **settings):
     """Each site's head (weights | bias), its true and its released class counts, as the engine makes them
     (`settings`: DistillConfig fields that differ from the engine's defaults, e.g. head_batch)."""
-    from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
+    from fedsynth.client.class_counts import head_mechanism, noisy_class_counts
     from fedsynth.client.config import DistillConfig
     from fedsynth.client.engine import plan
     from fedsynth.client.head_training import train_head
@@ -57,9 +57,8 @@ def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, 
         mechanism = plan(site, config).mechanism
         secret = 7919 * seed + k + 1
         released = torch.tensor(noisy_class_counts(site.labels, 10, mechanism, secret + 2), dtype=torch.float64)
-        steps = type(mechanism)(mechanism.noise_multiplier, mechanism.sample_rate,
-                                mechanism.steps - COUNT_RELEASES, mechanism.clip_norm)
-        head = train_head(train_features[idx], site.labels, 10, steps, lr=config.head_lr, momentum=0.9, secret=secret)
+        head = train_head(train_features[idx], site.labels, 10, head_mechanism(mechanism), lr=config.head_lr,
+                          momentum=0.9, secret=secret)
         joint = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double()
         out.append((joint, torch.bincount(site.labels, minlength=10).double(), released))
         print(f"site {k}: {len(idx)} records, ε = {epsilon:g}", flush=True)

@@ -9,17 +9,24 @@ combines sites with different label mixes (`fedsynth.common.front_end.consensus`
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from fedsynth.client.random_streams import generator
 from fedsynth.common.privacy.accounting import Mechanism
 
 COUNT_RELEASES = 1  # releases of the mechanism the histogram takes, on top of the head's DP-SGD steps
 
 
+def head_mechanism(mechanism: Mechanism) -> Mechanism:
+    """The share of a front-end run's planned mechanism that its head's DP-SGD takes: all but the histogram."""
+    return replace(mechanism, steps=mechanism.steps - COUNT_RELEASES)
+
+
 def noisy_class_counts(labels: torch.Tensor, num_classes: int, mechanism: Mechanism, secret: int) -> tuple[float, ...]:
     """Per class, (noisy sum over a Poisson sample of C·e_y) / (C·q): the record count, with noise of std σ/q."""
-    sampling = torch.Generator().manual_seed(secret % (2**63))
-    noise = torch.Generator().manual_seed((secret + 1) % (2**63))
+    sampling, noise = generator(secret), generator(secret + 1)
     labels = labels.cpu()
     sample = torch.rand(labels.shape[0], generator=sampling) < mechanism.sample_rate
     clipped_sum = mechanism.clip_norm * torch.bincount(labels[sample], minlength=num_classes).double()

@@ -16,14 +16,11 @@ from typing import Sequence
 import torch
 
 from fedsynth.client.noisy_gradient import NoisyClassGradients
+from fedsynth.client.random_streams import generator
 from fedsynth.common.augment import Augmenter, AugmentParams, per_example
 from fedsynth.common.privacy.accounting import Mechanism
 
 SECRET_STRIDE = 7919  # iteration t samples with secret + stride·t and draws noise with secret + stride·t + 1
-
-
-def generator(seed: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed % (2**63))
 
 
 def class_groups(num_classes: int, per_pass: int, device: torch.device) -> list[list[int]]:

@@ -97,6 +97,9 @@ class DistillConfig:
                              open_low=True, key="head-lr", app=0.2, engine=FRONT_END)
     synthesis_steps: int = setting(300, "scatter: pixel-space steps fitting the images to the head (free "
                                    "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END)
+    class_pull: float = setting(0.0, "scatter: share of the synthesis steps that also pull each image towards its "
+                                "label (0: the images only span the head; the soft labels carry the classes)",
+                                low=0.0, high=1.0, key="class-pull", engine=FRONT_END)
     temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=1e3,
                                  open_low=True, key="temperature", engine=FRONT_END)
     seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,14 +33,15 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
+from fedsynth.client.class_counts import COUNT_RELEASES, head_mechanism, noisy_class_counts
 from fedsynth.client.feature_synthesis import soft_labels, synthesise
 from fedsynth.client.head_training import linear_head, train_head
 from fedsynth.client.matching import matching_distance
-from fedsynth.client.class_release import PoissonClassRelease, class_groups, generator
+from fedsynth.client.class_release import PoissonClassRelease, class_groups
 from fedsynth.client.config import DistillConfig, check_settings
 from fedsynth.client.errors import EngineError
 from fedsynth.client.release_store import ReleaseStore
+from fedsynth.client.random_streams import generator
 from fedsynth.client.run_folder import RunFolder
 from fedsynth.common.augment import Augmenter, AugmentParams, per_example
 from fedsynth.common.data import DataError, ImageDataset, to_model_space, to_pixel_space
@@ -429,12 +430,12 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     front_end = build_front_end(config.front_end, dataset.image_shape).to(dev).eval()
     counts = noisy_class_counts(dataset.labels, dataset.num_classes, the_plan.mechanism, secret=run.secret + 2)
     features = front_end.features(dataset.images.to(dev))  # a fixed map of each record: not a release
-    head_steps = replace(the_plan.mechanism, steps=the_plan.mechanism.steps - COUNT_RELEASES)
-    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, head_steps, lr=config.head_lr,
-                      momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
+    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, head_mechanism(the_plan.mechanism),
+                      lr=config.head_lr, momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
     del features
     images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
-                        initial=run.tensors["synthetic"].to(dev), progress=progress, on_step=on_synthesis)
+                        initial=run.tensors["synthetic"].to(dev), class_pull=config.class_pull, progress=progress,
+                        on_step=on_synthesis)
     if not bool(torch.isfinite(images).all()):  # before quantising, which would turn NaN into black pixels
         raise EngineError("the synthetic images diverged (NaN). The budget stays spent.")
     images = quantise(images)  # 8-bit pixels: one byte each on the wire

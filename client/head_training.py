@@ -18,6 +18,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from tqdm.auto import tqdm
 
+from fedsynth.client.random_streams import generator
 from fedsynth.common.models import linear_head
 from fedsynth.common.privacy.accounting import Mechanism
 
@@ -38,8 +39,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
         head.load_state_dict(initial)
     head = head.to(device)
     module = GradSampleModule(head, batch_first=True, loss_reduction="sum", strict=True)
-    sampling = torch.Generator().manual_seed(secret % (2**63))
-    noise = torch.Generator(device=device).manual_seed((secret + 1) % (2**63))
+    sampling, noise = generator(secret), generator(secret + 1, device)
     optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum),
                             noise_multiplier=mechanism.noise_multiplier, max_grad_norm=mechanism.clip_norm,
                             expected_batch_size=max(1, round(mechanism.sample_rate * n)), loss_reduction="mean",

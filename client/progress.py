@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 
-from fedsynth.client.class_counts import COUNT_RELEASES
+from fedsynth.client.class_counts import COUNT_RELEASES, head_mechanism
 from fedsynth.client.config import DistillConfig
 from fedsynth.client.engine import plan
 from fedsynth.common.data import ImageDataset
@@ -26,7 +26,7 @@ class SiteProgress:
         # steps of one release each
         self.pixels = config.front_end == "none"
         self.before = 0 if self.pixels else COUNT_RELEASES
-        self.total = config.iterations if self.pixels else self.plan.mechanism.steps - COUNT_RELEASES
+        self.total = config.iterations if self.pixels else head_mechanism(self.plan.mechanism).steps
         self.unit, self.per = ("iteration", config.inner_steps) if self.pixels else ("DP-SGD step", 1)
         self.every = max(1, self.total // lines)
         self.started = time.monotonic()

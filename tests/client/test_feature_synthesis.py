@@ -33,10 +33,28 @@ def test_synthesis_raises_the_captured_share_and_soft_labels_are_distributions()
     initial = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.5
     m = centred_logit_map(head)
     before = float(captured_fraction(front_end(torch.sigmoid(initial)), m))
-    images = synthesise(head, front_end, labels, steps=15, lr=0.05, initial=initial)
+    images = synthesise(head, front_end, labels, steps=15, lr=0.05, initial=initial, class_pull=0.2)
     after = float(captured_fraction(front_end(images), m))
     assert after > before
     assert float(images.min()) >= 0 and float(images.max()) <= 1
     soft = soft_labels(head, front_end, images, temperature=4.0)
     assert soft.dtype == torch.float32 and soft.shape == (6, 3)
     assert torch.allclose(soft.sum(1), torch.ones(6), atol=1e-5)
+
+
+def test_without_class_pull_the_images_ignore_their_labels_and_with_it_they_follow_them():
+    front_end = build_front_end("scatter", (1, 28, 28))
+    head = _head(front_end.feature_dim, 3)
+    labels = torch.arange(3).repeat_interleave(2)
+    swapped = labels.flip(0)
+    initial = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    def run(lab, pull):
+        return synthesise(head, front_end, lab, steps=6, lr=0.05, initial=initial, class_pull=pull)
+
+    assert torch.equal(run(labels, 0.0), run(swapped, 0.0))
+    pulled, pulled_swapped = run(labels, 0.5), run(swapped, 0.5)
+    assert not torch.allclose(pulled, pulled_swapped)
+    own = head(front_end(pulled)).gather(1, labels[:, None]).mean()
+    other = head(front_end(pulled_swapped)).gather(1, labels[:, None]).mean()
+    assert own > other  # the pull raised each image's score for the label it was given

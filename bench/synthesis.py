@@ -1,0 +1,124 @@
+"""How much of the sites' DP heads their synthetic images carry to the server: the synthesis settings, apart from DP.
+
+Every site of a Dirichlet federation trains its head exactly as the ScatterNet engine does (the app's
+head settings, at the site's ε); then, for each synthesis setting, it synthesises its images and soft
+labels from that head (free post-processing), and the server recovers each site's head from its set and
+combines them by the round's pairwise consensus on the released counts. The table sets the consensus
+of the sets beside the consensus of the heads themselves (the ceiling a set can carry). Writes
+bench/results/synthesis.json and the RESULTS block `synthesis`:
+
+    .venv/bin/python bench/synthesis.py --epsilon 1 --settings 300:0.2 300:0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.aggregation import accuracy, features, site_heads  # noqa: E402
+from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent, read_rows  # noqa: E402
+from bench.results_io import update_readme_block  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "synthesis.json"
+
+
+def synthesis_setting(text: str) -> dict:
+    """'STEPS:CLASS_PULL[:IPC]' → the synthesis steps, the class-pull fraction of them and the images per class."""
+    steps, pull, *ipc = text.split(":")
+    return {"synthesis_steps": int(steps), "class_pull": float(pull), "ipc": int(ipc[0]) if ipc else 10}
+
+
+def _key(row: dict) -> tuple:
+    c = row["config"]
+    return row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"]
+
+
+def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int) -> tuple:
+    """A site's set synthesised from its head `joint` [K, D+1] as the engine does, and the head the server
+    recovers from that set (scaled back by the temperature); with the seconds the synthesis took."""
+    from fedsynth.client.feature_synthesis import synthesise, soft_labels
+    from fedsynth.client.random_streams import generator
+    from fedsynth.common.front_end.fit import fit_head
+    from fedsynth.common.synthetic_set import quantise
+
+    k = joint.shape[0]
+    head = torch.nn.Linear(joint.shape[1] - 1, k)
+    with torch.no_grad():
+        head.weight.copy_(joint[:, :-1].float())
+        head.bias.copy_(joint[:, -1].float())
+    labels = torch.arange(k).repeat_interleave(setting["ipc"])
+    initial = torch.randn(len(labels), 1, 28, 28, generator=generator(seed)) * 0.5  # the engine's public start
+    started = time.time()
+    images = quantise(synthesise(head, front_end, labels, steps=setting["synthesis_steps"], lr=0.05,
+                                 initial=initial, class_pull=setting["class_pull"]))
+    seconds = time.time() - started
+    soft = soft_labels(head, front_end, images, temperature)
+    fitted = fit_head(front_end, images, labels, k, soft).head
+    return torch.cat([fitted.weight.detach(), fitted.bias.detach()[:, None]], 1).double() * temperature, seconds
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| ε | synthesis steps | class pull (share of steps) | IPC | each site's set / its own head | "
+             "consensus of the sets | consensus of the heads | seconds per site |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=_key):
+        c = r["config"]
+        lines.append(f"| {r['epsilon']:g} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
+                     f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
+                     f"{percent(r['consensus_heads'])} | {r['seconds_per_site']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_federation_arguments(parser)
+    parser.add_argument("--settings", nargs="+", metavar="STEPS:CLASS_PULL[:IPC]", default=[])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.settings:
+        from fedsynth.common.data import load_fashion_mnist
+        from fedsynth.common.front_end import build_front_end
+        from fedsynth.common.front_end.consensus import consensus
+        from fedsynth.common.versions import library_versions
+
+        torch.set_num_threads(args.threads)
+        app = app_run_config()
+        head = {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
+                "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
+        train, test = load_fashion_mnist(True), load_fashion_mnist(False)
+        front_end = build_front_end("scatter", train.image_shape).eval()
+        train_features, test_features = features(front_end, train.images), features(front_end, test.images)
+        for epsilon in args.epsilon:
+            heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
+            released = [r.clamp_min(0) for _, _, r in heads]
+            maps = [h for h, _, _ in heads]
+            for text in args.settings:
+                setting = synthesis_setting(text)
+                recovered, seconds = zip(*(recovered_map(h, front_end, setting, float(app["temperature"]),
+                                                         1000 * args.seed + k) for k, h in enumerate(maps)))
+                row = {"epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5, "sites": args.sites,
+                       "alpha": args.alpha, "seed": args.seed, "front_end": "scatter",
+                       "heads_mean": sum(accuracy(m, test_features, test.labels) for m in maps) / len(maps),
+                       "sets_mean": sum(accuracy(m, test_features, test.labels) for m in recovered) / len(maps),
+                       "consensus_heads": accuracy(consensus(maps, released), test_features, test.labels),
+                       "consensus_sets": accuracy(consensus(list(recovered), released), test_features, test.labels),
+                       "seconds_per_site": sum(seconds) / len(seconds), "versions": library_versions(),
+                       "config": {**head, **setting, "temperature": float(app["temperature"]),
+                                  "server_rule": "pairwise consensus, released counts"}}
+                print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
+                merge_rows(OUT, "synthesis", [row], key=_key)
+    rows = read_rows(OUT)
+    print(table(rows))
+    update_readme_block("synthesis", table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
