@@ -70,7 +70,8 @@ def table(rows: list[dict]) -> str:
              "consensus of the sets | consensus of the heads | seconds per site |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
-        lines.append(f"| {r['epsilon']:g} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
+        epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        lines.append(f"| {epsilon} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
                      f"{percent(r['consensus_heads'])} | {r['seconds_per_site']:.0f} |")
     return "\n".join(lines)
