@@ -6,7 +6,8 @@ Opacus, the same code the Flower baseline runs) with σ calibrated once for all 
 ends at (ε, δ); the server averages the heads weighted by records (Flower's FedAvg). The grid
 covers rounds ∈ {10, 30, 50} × learning rate; with every record clipped, C and the learning
 rate only act through their product, so sweeping one sweeps both. Test accuracy picks the best
-setting — tuning on the test split favours the peer. Writes bench/results/fedavg_sweep.json.
+setting — tuning on the test split favours the peer. Writes bench/results/fedavg_sweep.json (rows merged by
+ε, federation, seed, rounds and learning rate) and its table in bench/RESULTS.md.
 
     .venv/bin/python bench/fedavg_sweep.py --epsilon 1 10
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import add_federation_arguments  # noqa: E402
+from bench.results_io import (add_federation_arguments, merge_rows, percent, read_rows,  # noqa: E402
+                              update_readme_block)
 
 ROUNDS = (10, 30, 50)
 LEARNING_RATES = (0.2, 0.4, 0.8)
@@ -53,13 +54,43 @@ def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) ->
         return float((global_head(x_test).argmax(1) == y_test).float().mean())
 
 
+def head_bytes(dim: int, classes: int) -> int:
+    """float32 bytes of one linear head: what each site downloads and uploads every round."""
+    return 4 * (dim * classes + classes)
+
+
+def _row_key(row: dict) -> tuple:
+    return row["epsilon"], row["sites"], row["alpha"], row["seed"], row["rounds"], row["lr"]
+
+
+def table(rows: list[dict]) -> str:
+    """One line per (ε, federation, seed): accuracy at every (rounds, lr) of the grid, the best in bold."""
+    lrs = sorted({r["lr"] for r in rows})
+    rounds = sorted({r["rounds"] for r in rows})
+    lines = ["| ε | sites (α) | seed | rounds | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|---|---|---|" + "---|" * len(lrs)]
+    for group in sorted({_row_key(r)[:4] for r in rows}):
+        runs = {(r["rounds"], r["lr"]): r for r in rows if _row_key(r)[:4] == group}
+        best = max(runs.values(), key=lambda r: r["accuracy"])
+        for n in rounds:
+            cells = [("**" if runs.get((n, lr)) is best else "") + percent(runs[(n, lr)]["accuracy"])
+                     + ("**" if runs.get((n, lr)) is best else "") if (n, lr) in runs else "–" for lr in lrs]
+            lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_federation_arguments(parser)
+    parser.add_argument("--readme-only", action="store_true", help="only regenerate the RESULTS table from the JSON")
     args = parser.parse_args()
+    if args.readme_only:
+        update_readme_block("fedavg_sweep", table(read_rows(OUT)))
+        return 0
     from fedsynth.common.data import load_fashion_mnist
     from fedsynth.common.front_end import build_front_end
     from fedsynth.common.partition import partition_indices
+    from fedsynth.common.privacy.accounting import DEFAULT_ACCOUNTANT
     from fedsynth.common.versions import library_versions
 
     train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
@@ -69,20 +100,19 @@ def main() -> int:
     for k in range(args.sites):
         idx = partition_indices(train.labels, args.sites, k, "dirichlet", args.alpha, args.seed)
         sites.append((features[idx], train.labels[idx]))
-    rows = []
+    versions, rows = library_versions(), []
     for epsilon, rounds, lr in itertools.product(args.epsilon, ROUNDS, LEARNING_RATES):
         started = time.time()
         acc = run(sites, (test_features, test.labels), rounds, lr, epsilon, args.seed)
-        rows.append({"method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
-                     "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "batch": BATCH,
-                     "local_epochs": 1, "clip_norm": 1.0, "accuracy": acc, "seconds": time.time() - started,
-                     "seed": args.seed})
+        rows = merge_rows(OUT, "fedavg_sweep", [{
+            "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
+            "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "batch": BATCH, "local_epochs": 1,
+            "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
+            "bytes_total": 2 * rounds * args.sites * head_bytes(features.shape[1], 10),
+            "seed": args.seed, "versions": versions}], key=_row_key)
         print(f"ε={epsilon:g} rounds={rounds} lr={lr}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
-    best = {eps: max((r for r in rows if r["epsilon"] == eps), key=lambda r: r["accuracy"]) for eps in args.epsilon}
-    OUT.write_text(json.dumps({"benchmark": "fedavg_sweep", "rows": rows, "versions": library_versions(),
-                               "best": {str(k): v for k, v in best.items()}}, indent=2, sort_keys=True) + "\n")
-    for eps, row in best.items():
-        print(f"best at ε={eps:g}: rounds={row['rounds']} lr={row['lr']} → {100 * row['accuracy']:.2f} %")
+        update_readme_block("fedavg_sweep", table(rows))
+    print(table(rows))
     return 0
 
 

@@ -19,7 +19,7 @@ from fedsynth.client.matching import UNITS as MATCH_UNITS
 from fedsynth.common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
 from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.models import NORMS
-from fedsynth.common.privacy.accounting import ACCOUNTANTS
+from fedsynth.common.privacy.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 
 MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases (the most a claim may carry)
 PIXELS, FRONT_END = "pixels", "front end"  # which engine reads a setting: front-end none, or any other
@@ -51,8 +51,8 @@ class DistillConfig:
                            key="delta")
     noise_multiplier: float | None = setting(None, "give σ directly instead of calibrating to --epsilon", low=0.0,
                                              high=MAX_NOISE_MULTIPLIER)
-    accountant: str = setting("rdp", "Opacus accountant that calibrates σ and reports ε", choices=ACCOUNTANTS,
-                              key="accountant")
+    accountant: str = setting(DEFAULT_ACCOUNTANT, "Opacus accountant that calibrates σ and reports ε",
+                              choices=ACCOUNTANTS, key="accountant")
     iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
                               high=MAX_ITERATIONS, flag="--steps", key="steps", app=20, engine=PIXELS)
     inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps",

@@ -61,6 +61,7 @@ from fedsynth.common.synthetic_set import SyntheticSet, content_hash, json_safe,
 from fedsynth.common.versions import library_versions
 
 __all__ = ["DistillConfig", "DistillResult", "EngineError", "Plan", "check_settings", "distill", "plan", "validate"]
+SPENT_EVERY = 10  # iterations between refreshes of the progress bar's ε (PRV takes a tenth of a second)
 
 
 @dataclass
@@ -367,6 +368,7 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
         names = [n for n, p in template.named_parameters() if p.requires_grad]
         kept = ReleaseStore.load(folder.checkpoint_dir, start, names, dev)
 
+    spent = ""  # the bar's ε, refreshed every SPENT_EVERY iterations
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc="distilling", unit="it", dynamic_ncols=True)
     for t in bar:
@@ -397,7 +399,9 @@ def _run(dataset: ImageDataset, config: DistillConfig, the_plan: Plan, run: _Run
         history.append(loss_sum / (config.inner_steps * num_classes))
         done = t + 1
         if progress:
-            bar.set_postfix(loss=f"{history[-1]:.3f}", eps=_spent_so_far(the_plan, done * config.inner_steps))
+            if done % SPENT_EVERY == 0 or done == config.iterations or spent == "":
+                spent = _spent_so_far(the_plan, done * config.inner_steps)
+            bar.set_postfix(loss=f"{history[-1]:.3f}", eps=spent)
         if done % config.checkpoint_every == 0 and done < config.iterations:
             momentum = image_opt.state[synthetic].get("momentum_buffer")
             if config.replay_epochs:
@@ -492,12 +496,12 @@ def _replay(kept: ReleaseStore, epochs: int, lr_end: float, image_opt: torch.opt
 
 
 def _spent_so_far(the_plan: Plan, releases: int) -> str:
-    """ε of the releases made so far (RDP: cheap enough to show every iteration)."""
+    """ε of the releases made so far, by the plan's accountant (refreshed every SPENT_EVERY iterations)."""
     m = the_plan.mechanism
     done = Mechanism(m.noise_multiplier, m.sample_rate, releases, m.clip_norm)
     with warnings.catch_warnings():  # early on, ε is tiny and Opacus asks for more RDP orders: harmless here
         warnings.simplefilter("ignore", UserWarning)
-        return f"{epsilon_of_history([done], the_plan.delta, 'rdp'):.3g}"
+        return f"{epsilon_of_history([done], the_plan.delta, the_plan.accountant):.3g}"
 
 
 def _state(run_id: str, secret: int, iteration: int, config: dict, signal_sq: torch.Tensor | None,

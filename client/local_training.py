@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from fedsynth.common.data import ImageDataset, to_model_space
-from fedsynth.common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
+from fedsynth.common.privacy.accounting import (DEFAULT_ACCOUNTANT, Mechanism, calibrate_noise_multiplier,
+                                                 epsilon_of_history)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class DpSgdPlan:
     rounds: int
     clip_norm: float
     delta: float
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT
 
     def mechanism(self, rounds_done: int) -> Mechanism:
         return Mechanism(self.noise_multiplier, self.sample_rate, rounds_done * self.steps_per_round, self.clip_norm)
@@ -40,7 +41,7 @@ class DpSgdPlan:
 
 
 def plan_dp_sgd(num_records: int, batch_size: int, epochs: int, rounds: int, epsilon: float, delta: float,
-                clip_norm: float = 1.0, accountant: str = "rdp") -> DpSgdPlan:
+                clip_norm: float = 1.0, accountant: str = DEFAULT_ACCOUNTANT) -> DpSgdPlan:
     """σ for `rounds` rounds of `epochs` Poisson-sampled epochs at expected batch `batch_size`; ε = ∞ means no DP."""
     if num_records < 1 or batch_size < 1 or epochs < 1 or rounds < 1:
         raise ValueError("records, batch size, epochs and rounds must all be at least 1")

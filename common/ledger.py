@@ -29,7 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsynth.common.errors import FedsynthError
-from fedsynth.common.privacy.accounting import ACCOUNTANTS, Mechanism, check_delta, epsilon_of_history
+from fedsynth.common.privacy.accounting import (ACCOUNTANTS, DEFAULT_ACCOUNTANT, Mechanism, check_delta,
+                                                 epsilon_of_history)
 from fedsynth.common.signing import key_fingerprint
 
 GENESIS = "0" * 64
@@ -164,7 +165,7 @@ class Ledger:
         accountant: str | None = None,
         signer: Ed25519PrivateKey | None = None,
     ) -> "Ledger":
-        """Open an existing ledger (checking it) or create one with a total budget (default ε=10, δ=1e-5, RDP).
+        """Open an existing ledger (checking it) or create one with a total budget (default ε=10, δ=1e-5, PRV).
 
         Budget arguments given for an existing ledger must match what it records: a site's
         budget is fixed when its ledger is created. With `signer`, every entry must carry the
@@ -175,7 +176,7 @@ class Ledger:
         if not os.path.lexists(ledger.path):
             budget = 10.0 if budget_epsilon is None else float(budget_epsilon)
             new_delta = 1e-5 if delta is None else float(delta)
-            new_accountant = accountant or "rdp"
+            new_accountant = accountant or DEFAULT_ACCOUNTANT
             if not budget > 0:
                 raise ValueError(f"site budget epsilon must be > 0, got {budget}")
             check_delta(new_delta)

@@ -23,7 +23,7 @@ def grid_set(per_class: int = 2, classes: int = 10, shape: tuple[int, int, int] 
 def make_claim(images: torch.Tensor, labels: torch.Tensor, *, sigma: float = 1.0, q: float = 0.01,
                releases: int = 100, classes: int = 10, ledger_seq: int | None = 1, **overrides) -> Claim:
     """A claim whose ε is the RDP value of (σ, q, releases) at δ = 1e-5, for `images`/`labels`."""
-    eps = epsilon_of_history([Mechanism(sigma, q, releases, 1.0)], 1e-5)
+    eps = epsilon_of_history([Mechanism(sigma, q, releases, 1.0)], 1e-5, "rdp")
     values = dict(run_id="r" * 32, epsilon=eps if math.isfinite(eps) else math.inf, delta=1e-5,
                   noise_multiplier=sigma, sample_rate=q, releases=releases, clip_norm=1.0, accountant="rdp",
                   ipc=int(torch.bincount(labels).max()) if labels.numel() else 1,

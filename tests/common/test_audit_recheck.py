@@ -6,10 +6,10 @@ import math
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedsynth.common.audit.recheck import _entry_hash, audit_ledger, audit_run_dir, check_anchor
+from fedsynth.common.audit.recheck import _entry_hash, _holds, audit_ledger, audit_run_dir, check_anchor
 from fedsynth.client.cli import main
 from fedsynth.common.ledger import Ledger
-from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
+from fedsynth.common.privacy.accounting import Mechanism, calibrate_noise_multiplier, epsilon_of_history
 from fedsynth.common.privacy.independent import dpa_rdp_epsilon, pld_epsilon
 
 KEY = Ed25519PrivateKey.generate()
@@ -49,6 +49,17 @@ def test_independent_accountants_agree_with_opacus_where_they_should():
     assert pld_epsilon([M1, M2], 1e-5) > pld
     assert pld_epsilon([Mechanism(1.2, 1.0, 200, 1.0)], 1e-5) > 5 * pld
     assert math.isinf(pld_epsilon([Mechanism(0.0, 0.05, 10, 1.0)], 1e-5))
+
+
+@pytest.mark.parametrize("epsilon,q,steps", [(1.0, 1024 / 6000, 118), (10.0, 1.0, 21)])
+def test_the_default_accountant_spends_less_noise_and_its_claims_still_pass_the_audit(epsilon, q, steps):
+    """Sites calibrate σ with the default accountant (PRV): it must need less noise than RDP for the same
+    target, and its claim must not fall below the audit's PLD reference, or every default site would fail."""
+    sigma = calibrate_noise_multiplier(epsilon, 1e-5, q, steps)
+    assert sigma < 0.97 * calibrate_noise_multiplier(epsilon, 1e-5, q, steps, "rdp")
+    mechanism = Mechanism(sigma, q, steps, 1.0)
+    claimed = epsilon_of_history([mechanism], 1e-5)
+    assert claimed <= epsilon and _holds(claimed, pld_epsilon([mechanism], 1e-5))
 
 
 def test_honest_signed_ledger_passes(tmp_path):
@@ -143,7 +154,7 @@ def test_run_dir_audit_checks_uploads_and_local_ledgers(tmp_path):
     sites_dir = tmp_path / "sites"
     _signed_ledger(sites_dir / "site-0" / "ledger.jsonl", M1)
     eps = epsilon_of_history([M2], 1e-5, "rdp")
-    rows = [{"site": "site-0", "accepted": True, "epsilon": epsilon_of_history([M1], 1e-5), "delta": 1e-5,
+    rows = [{"site": "site-0", "accepted": True, "epsilon": epsilon_of_history([M1], 1e-5, "rdp"), "delta": 1e-5,
              "noise_multiplier": 1.2, "sample_rate": 0.05, "releases": 200, "clip_norm": 1.0, "accountant": "rdp"},
             {"site": "site-1", "accepted": True, "epsilon": eps / 3, "delta": 1e-5,  # understated upload claim
              "noise_multiplier": 2.0, "sample_rate": 0.1, "releases": 100, "clip_norm": 1.0, "accountant": "rdp"},

@@ -39,7 +39,7 @@ def _check(upload, public_key=KEY.public_key()):
 def test_good_upload_is_accepted_with_recomputed_epsilon():
     verdict = _check(_upload())
     assert verdict.accepted and verdict.reason == "accepted"
-    assert verdict.epsilon == pytest.approx(epsilon_of_history([Mechanism(1.0, 0.01, 100, 1.0)], 1e-5))
+    assert verdict.epsilon == pytest.approx(epsilon_of_history([Mechanism(1.0, 0.01, 100, 1.0)], 1e-5, "rdp"))
 
 
 def _tampered_after_signing():
