@@ -421,8 +421,8 @@ def _tuned_fedavg_line() -> list[str]:
         cells.append("—" if best is None else f"{percent(best['accuracy'])} % ({best['rounds']} rounds)")
         if best is not None and sent == "—":
             sent = f"{best['bytes_total'] / 2**20:.1f} MiB"
-    return [f"| DP-FedAvg, ScatterNet linear head (best of 3 round counts × 3 learning rates, 10 sites) "
-            f"| {' | '.join(cells)} | {sent} |"]
+    grid = f"{len({r['rounds'] for r in rows})} round counts × {len({r['lr'] for r in rows})} learning rates"
+    return [f"| DP-FedAvg, ScatterNet linear head (best of {grid}, 10 sites) | {' | '.join(cells)} | {sent} |"]
 
 
 def headline(rows: list[dict]) -> str:

@@ -54,13 +54,16 @@ def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) ->
         return float((global_head(x_test).argmax(1) == y_test).float().mean())
 
 
-def head_bytes(dim: int, classes: int) -> int:
-    """float32 bytes of one linear head: what each site downloads and uploads every round."""
-    return 4 * (dim * classes + classes)
-
-
 def _row_key(row: dict) -> tuple:
     return row["epsilon"], row["sites"], row["alpha"], row["seed"], row["rounds"], row["lr"]
+
+
+def _cell(run: dict | None, best: dict) -> str:
+    """A grid point's accuracy, bold where it is its group's best; a dash where it did not run."""
+    if run is None:
+        return "–"
+    score = percent(run["accuracy"])
+    return f"**{score}**" if run is best else score
 
 
 def table(rows: list[dict]) -> str:
@@ -73,8 +76,7 @@ def table(rows: list[dict]) -> str:
         runs = {(r["rounds"], r["lr"]): r for r in rows if _row_key(r)[:4] == group}
         best = max(runs.values(), key=lambda r: r["accuracy"])
         for n in rounds:
-            cells = [("**" if runs.get((n, lr)) is best else "") + percent(runs[(n, lr)]["accuracy"])
-                     + ("**" if runs.get((n, lr)) is best else "") if (n, lr) in runs else "–" for lr in lrs]
+            cells = [_cell(runs.get((n, lr)), best) for lr in lrs]
             lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,6 +102,10 @@ def main() -> int:
     for k in range(args.sites):
         idx = partition_indices(train.labels, args.sites, k, "dirichlet", args.alpha, args.seed)
         sites.append((features[idx], train.labels[idx]))
+    from fedsynth.common.models import linear_head
+
+    # the head down and the update up, every round, counted as the Flower baseline's server counts them
+    model_bytes = sum(v.numel() * v.element_size() for v in linear_head(features.shape[1], 10).state_dict().values())
     versions, rows = library_versions(), []
     for epsilon, rounds, lr in itertools.product(args.epsilon, ROUNDS, LEARNING_RATES):
         started = time.time()
@@ -108,7 +114,7 @@ def main() -> int:
             "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
             "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "batch": BATCH, "local_epochs": 1,
             "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
-            "bytes_total": 2 * rounds * args.sites * head_bytes(features.shape[1], 10),
+            "bytes_total": 2 * rounds * args.sites * model_bytes,
             "seed": args.seed, "versions": versions}], key=_row_key)
         print(f"ε={epsilon:g} rounds={rounds} lr={lr}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
         update_readme_block("fedavg_sweep", table(rows))
