@@ -26,13 +26,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import add_federation_arguments, merge_rows, percent, update_readme_block  # noqa: E402
+from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent  # noqa: E402
+from bench.results_io import update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
 HEADS_OUT = ROOT / "bench" / "results" / "site_heads.json"
 RULES = ("each site's own head (mean)", "plain average", "average weighted by site size",
          "class rows weighted by class counts (true)", "pairwise consensus, released counts",
-         "pairwise consensus, true counts")
+         "pairwise consensus, true counts", "class-wise vote, released counts")
 
 
 def features(front_end, images: torch.Tensor) -> torch.Tensor:
@@ -65,8 +66,9 @@ def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, 
     return out
 
 
-def rules(heads) -> dict[str, tuple[torch.Tensor, bool]]:
-    """Each rule's combined map and whether it uses only released information."""
+def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
+    """Each rule's combined map (or, for the vote, its model on features) and whether it uses only released
+    information."""
     from fedsynth.common.front_end.consensus import consensus
 
     maps = [h for h, _, _ in heads]
@@ -80,11 +82,31 @@ def rules(heads) -> dict[str, tuple[torch.Tensor, bool]]:
         "class rows weighted by class counts (true)": (sum(w[:, None] * m for w, m in zip(per_class, maps)), False),
         "pairwise consensus, released counts": (consensus(maps, list(released)), True),
         "pairwise consensus, true counts": (consensus(maps, list(true)), False),
+        "class-wise vote, released counts": (vote_on_features(maps, released), True),
     }
 
 
-def accuracy(joint: torch.Tensor, test_features: torch.Tensor, labels: torch.Tensor) -> float:
-    logits = test_features.double() @ joint[:, :-1].T + joint[:, -1]
+def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor) -> torch.nn.Module:
+    """The server's class-wise vote (common/front_end/vote.py) of the heads `maps` [K, D + 1], on features."""
+    from fedsynth.common.front_end.vote import FrontEndVote, vote_weights
+
+    joint = torch.cat(maps).float()
+    heads = torch.nn.Linear(joint.shape[1] - 1, joint.shape[0])
+    with torch.no_grad():
+        heads.weight.copy_(joint[:, :-1])
+        heads.bias.copy_(joint[:, -1])
+    return FrontEndVote(torch.nn.Identity(), heads, vote_weights(counts)).eval()
+
+
+def accuracy(joint: torch.Tensor | torch.nn.Module, test_features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Test accuracy of a combined map [K, D + 1] or of a model on features (the vote)."""
+    if isinstance(joint, torch.nn.Module):
+        from fedsynth.common.data import to_model_space
+
+        with torch.no_grad():  # the vote's model takes [-1, 1] inputs and maps them back before its front end
+            logits = joint(to_model_space(test_features.float()))
+    else:
+        logits = test_features.double() @ joint[:, :-1].T + joint[:, -1]
     return float((logits.argmax(1) == labels).float().mean())
 
 
@@ -152,6 +174,7 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
                    "front_end": "scatter", "steps": median.steps, "noise_multiplier": median.noise_multiplier,
                    "consensus": accuracy(consensus(maps, released), test_features, test.labels),
                    "average": accuracy(sum(maps) / len(maps), test_features, test.labels),
+                   "vote": accuracy(vote_on_features(maps, torch.stack(released)), test_features, test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
                    "config": {**settings, "server_rule": "pairwise consensus, released counts"}}
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
@@ -179,8 +202,11 @@ def main() -> int:
         train_features, test_features = features(front_end, train.images), features(front_end, test.images)
         if args.head_settings:
             measure_head_settings(args, train, train_features, test_features, test)
+        app = app_run_config()  # the rules run on the heads the federated app's sites train
+        head = {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
+                "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
         for epsilon in ([] if args.head_settings else args.epsilon):
-            heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed)
+            heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
             own = [accuracy(h, test_features, test.labels) for h, _, _ in heads]
             rows = [{"rule": "each site's own head (mean)", "accuracy": sum(own) / len(own), "released_only": True}]
             rows += [{"rule": name, "accuracy": accuracy(joint, test_features, test.labels), "released_only": used}
@@ -188,7 +214,7 @@ def main() -> int:
             for row in rows:
                 row.update(epsilon=epsilon, delta=1e-5, sites=args.sites, alpha=args.alpha, seed=args.seed,
                            front_end="scatter", seconds=time.time() - started, versions=library_versions(),
-                           config={"head_epochs": 20.0, "head_batch": 4096.0, "head_lr": 0.4, "accountant": "rdp"})
+                           config=head)
             merge_rows(OUT, "aggregation", rows, key=lambda r: (r["rule"], r["epsilon"], r["seed"], r["sites"]))
     rows = json.loads(OUT.read_text())["rows"]
     print(table(rows))

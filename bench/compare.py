@@ -79,7 +79,8 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
             "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
-            "union_accuracy": m.get("union_accuracy"), **_pool_choice(m)}
+            "union_accuracy": m.get("union_accuracy"), "consensus_accuracy": m.get("consensus_accuracy"),
+            **_pool_choice(m)}
 
 
 def _pool_choice(metrics: dict) -> dict:
@@ -257,7 +258,11 @@ def _shared_seed(row: dict) -> bool:
 
 
 OLDER_MARKS = "²³⁴⁵⁶⁷⁸⁹"
-TODAY_AGGREGATION = "pairwise-consensus"  # how a front-end round's server combines the sites (metrics' aggregation)
+def _today_aggregation() -> str:
+    """How a front-end round's server joins the sites today (metrics' aggregation: the app's default)."""
+    from fedsynth.server.front_end_model import AGGREGATIONS
+
+    return AGGREGATIONS[0]
 
 
 def _ran_with(config: dict, key: str):
@@ -290,11 +295,11 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
         read = _keys_read_by(_ran_with(r["settings"], "front-end"))
         then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS
                      if k in read and _ran_with(r["settings"], k) != today[k])
-        if r.get("front_end", "none") != "none" and r.get("aggregation") != TODAY_AGGREGATION:
+        if r.get("front_end", "none") != "none" and r.get("aggregation") != _today_aggregation():
             then += (("aggregation", r.get("aggregation") or "union"),)  # the server's rule for front-end rounds
         if then and (then in older or len(older) < len(OLDER_MARKS)):
             marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
-    today_settings = {**engine_settings(), "aggregation": TODAY_AGGREGATION}
+    today_settings = {**engine_settings(), "aggregation": _today_aggregation()}
     notes = [f"\n{mark} measured with the app's earlier engine settings: {', '.join(f'{k}={v}' for k, v in then)} "
              f"(today's: {', '.join(f'{k}={today_settings[k]}' for k, _ in then)})."
              for then, mark in older.items()]

@@ -3,8 +3,8 @@
 Every site of a Dirichlet federation trains its head exactly as the ScatterNet engine does (the app's
 head settings, at the site's ε); then, for each synthesis setting, it synthesises its images and soft
 labels from that head (free post-processing), and the server recovers each site's head from its set and
-combines them by the round's pairwise consensus on the released counts. The table sets the consensus
-of the sets beside the consensus of the heads themselves (the ceiling a set can carry). Writes
+joins them on the released counts, by pairwise consensus and by the class-wise vote. The table sets each
+rule on the sets beside the same rule on the heads themselves (the ceiling a set can carry). Writes
 bench/results/synthesis.json and the RESULTS block `synthesis`:
 
     .venv/bin/python bench/synthesis.py --epsilon 1 --settings 300:0.2 300:0
@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.aggregation import accuracy, features, site_heads  # noqa: E402
+from bench.aggregation import accuracy, features, site_heads, vote_on_features  # noqa: E402
 from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent, read_rows  # noqa: E402
 from bench.results_io import update_readme_block  # noqa: E402
 
@@ -65,15 +65,22 @@ def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: fl
     return torch.cat([fitted.weight.detach(), fitted.bias.detach()[:, None]], 1).double() * temperature, seconds
 
 
+def _cell(value: float | None) -> str:
+    return "—" if value is None else percent(value)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| ε | synthesis steps | class pull (share of steps) | IPC | each site's set / its own head | "
-             "consensus of the sets | consensus of the heads | seconds per site |", "|---|---|---|---|---|---|---|---|"]
+             "consensus of the sets | consensus of the heads | vote of the sets | vote of the heads | "
+             "seconds per site |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
         lines.append(f"| {epsilon} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
-                     f"{percent(r['consensus_heads'])} | {r['seconds_per_site']:.0f} |")
+                     f"{percent(r['consensus_heads'])} | {_cell(r.get('vote_sets'))} | {_cell(r.get('vote_heads'))} | "
+                     f"{r['seconds_per_site']:.0f} |")
     return "\n".join(lines)
 
 
@@ -99,6 +106,7 @@ def main() -> int:
         for epsilon in args.epsilon:
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
             released = [r.clamp_min(0) for _, _, r in heads]
+            counts = torch.stack(released)
             maps = [h for h, _, _ in heads]
             for text in args.settings:
                 setting = synthesis_setting(text)
@@ -110,6 +118,8 @@ def main() -> int:
                        "sets_mean": sum(accuracy(m, test_features, test.labels) for m in recovered) / len(maps),
                        "consensus_heads": accuracy(consensus(maps, released), test_features, test.labels),
                        "consensus_sets": accuracy(consensus(list(recovered), released), test_features, test.labels),
+                       "vote_heads": accuracy(vote_on_features(maps, counts), test_features, test.labels),
+                       "vote_sets": accuracy(vote_on_features(list(recovered), counts), test_features, test.labels),
                        "seconds_per_site": sum(seconds) / len(seconds), "versions": library_versions(),
                        "config": {**head, **setting, "temperature": float(app["temperature"]),
                                   "server_rule": "pairwise consensus, released counts"}}

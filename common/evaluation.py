@@ -98,23 +98,29 @@ def evaluate_on_front_end(
     weights: torch.Tensor | None = None,
     sites: torch.Tensor | None = None,
     class_counts: torch.Tensor | None = None,
+    temperatures: torch.Tensor | None = None,
 ) -> dict:
     """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
     deterministic, so one 'seed'); with `sites` and `class_counts` (a consensus pool), the sites' heads are
-    fitted apart and combined as the round combined them."""
+    fitted apart and combined as the round combined them: by the class-wise vote when the pool keeps each
+    site's soft-label `temperatures`, else by pairwise consensus."""
     from fedsynth.common.front_end import build_front_end
     from fedsynth.common.front_end.consensus import fit_consensus
     from fedsynth.common.front_end.fit import fit_head
+    from fedsynth.common.front_end.vote import fit_vote
 
     fe = build_front_end(front_end, test.image_shape)
-    if sites is not None:
+    aggregation = "union" if sites is None else "consensus" if temperatures is None else "vote"
+    if aggregation == "vote":
+        model = fit_vote(fe, images, labels, soft_labels, sites, class_counts, test.num_classes, temperatures)
+    elif aggregation == "consensus":
         model = fit_consensus(fe, images, labels, soft_labels, sites, class_counts, test.num_classes)
     else:
         model = fit_head(fe, images, labels, test.num_classes, soft_labels, weights)
     score = accuracy(model, test)
     return {"accuracy_mean": score, "accuracy_std": 0.0, "accuracies": [score], "seeds": [0],
             "train_config": {"model": f"{front_end} + ridge head", "soft_labels": soft_labels is not None},
-            "weighted": weights is not None, "aggregation": "union" if sites is None else "pairwise-consensus"}
+            "weighted": weights is not None, "aggregation": aggregation}
 
 
 def evaluate_synthetic(

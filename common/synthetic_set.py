@@ -44,6 +44,7 @@ class SyntheticSet:
     # a consensus pool file: per image the index of its site, and per site its (capped) released class counts
     sites: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
+    temperatures: torch.Tensor | None = None  # per site, its soft labels' temperature: the round voted (vote.py)
 
     @property
     def classes(self) -> list[str]:
@@ -191,6 +192,8 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
 
 
 CONSENSUS = ("sites", "class_counts")  # a pool file's tensors for `fedsynth.common.front_end.consensus`
+VOTE = "temperatures"  # with CONSENSUS: the round's model was `fedsynth.common.front_end.vote`
+MAX_TEMPERATURE = 1e3  # the engine's bound on `temperature`
 
 
 def consensus_problem(sites: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor, classes: int) -> str | None:
@@ -205,6 +208,16 @@ def consensus_problem(sites: torch.Tensor, counts: torch.Tensor, labels: torch.T
         return f"sites must index the {counts.shape[0]} rows of class_counts"
     if bool((torch.bincount(sites, minlength=counts.shape[0]) == 0).any()):
         return "every site in class_counts must hold images"
+    return None
+
+
+def temperatures_problem(temperatures: torch.Tensor, counts: torch.Tensor) -> str | None:
+    """Why `temperatures` (float64 [S], one per row of `class_counts`) cannot be used."""
+    if temperatures.dtype != torch.float64 or temperatures.shape != counts.shape[:1]:
+        return f"temperatures must be float64, one per site ({counts.shape[0]})"
+    if not bool(torch.isfinite(temperatures).all()) or bool((temperatures <= 0).any()) \
+            or bool((temperatures > MAX_TEMPERATURE).any()):
+        return f"temperatures must lie in (0, {MAX_TEMPERATURE:g}]"
     return None
 
 
@@ -224,9 +237,10 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
-    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights", "soft_labels", *CONSENSUS}:
+    if not {"images", "labels"} <= set(tensors) <= {"images", "labels", "weights", "soft_labels", *CONSENSUS,
+                                                             VOTE}:
         raise SetError(f"{file}: expected tensors 'images', 'labels' and optionally 'weights', 'soft_labels', "
-                       f"'sites' and 'class_counts', found {sorted(tensors)[:5]}")
+                       f"'sites', 'class_counts' and 'temperatures', found {sorted(tensors)[:6]}")
     weights, soft = tensors.get("weights"), tensors.get("soft_labels")
     if weights is not None and (problem := weights_problem(weights, tensors["labels"])):
         raise SetError(f"{file}: {problem}")
@@ -238,6 +252,11 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
         raise SetError(f"{file}: 'sites' and 'class_counts' come together, with 'soft_labels'")
     if sites is not None and (problem := consensus_problem(sites, counts, tensors["labels"], soft.shape[-1])):
         raise SetError(f"{file}: {problem}")
+    temperatures = tensors.get(VOTE)
+    if temperatures is not None and sites is None:
+        raise SetError(f"{file}: 'temperatures' comes with 'sites' and 'class_counts'")
+    if temperatures is not None and (problem := temperatures_problem(temperatures, counts)):
+        raise SetError(f"{file}: {problem}")
     claim_file = file.parent / CLAIM_FILE
     claim = None
     if claim_file.is_file():
@@ -245,4 +264,4 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
             claim = Claim.from_json(read_regular_file(claim_file, 1 << 20))
         except (ClaimError, OSError):
             claim = None
-    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft, sites, counts)
+    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft, sites, counts, temperatures)

@@ -1,8 +1,9 @@
-"""The global model of a front-end round: a linear head on the sites' front end, in closed form.
+"""The global model of a front-end round: the sites' heads on their front end, each recovered in closed form.
 
-When every accepted site released its noisy class counts, the sites' heads (each recovered from
-its own set) are combined by pairwise consensus (`fedsynth.common.front_end.consensus`), which keeps what
-each site knows about the class pairs it held; otherwise one ridge head is fitted to the union.
+When every accepted site released its noisy class counts, the sites' heads (each recovered from its own
+set) are joined by the server's `aggregation`: `vote` (the default; `fedsynth.common.front_end.vote`: each
+class scored by the sites that held it) or `consensus` (one linear head, `fedsynth.common.front_end.consensus`);
+otherwise, or with `union`, one ridge head is fitted to the union of the sets.
 A site's counts weigh its head, so they are capped at the records its sample rate implies
 (head-batch / q, the round's head-batch): a site cannot outweigh the others by claiming more.
 """
@@ -16,7 +17,11 @@ import torch
 from fedsynth.common.front_end import build_front_end
 from fedsynth.common.front_end.consensus import fit_consensus
 from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
+from fedsynth.common.front_end.vote import FrontEndVote, fit_vote
 from fedsynth.common.payload import Upload
+
+AGGREGATIONS = ("vote", "consensus", "union")  # the server's `aggregation` key; the first is the default
+
 
 def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
     """The site's noisy class counts (≥ 0), scaled down to total at most head-batch / q."""
@@ -34,15 +39,22 @@ def consensus_inputs(uploads: Sequence[Upload], head_batch: float) -> tuple[torc
 
 
 def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
-                        image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
-                        union: bool = False) -> tuple[FrontEndClassifier, tuple[torch.Tensor, torch.Tensor] | None]:
-    """The round's head, and the (sites, counts) it was combined by: None for the union fit (asked for with
-    `union`, or because a site sent no counts)."""
+                        image_shape: tuple[int, int, int], head_batch: float, temperature: float,
+                        weights: torch.Tensor | None = None, aggregation: str = AGGREGATIONS[0],
+                        ) -> tuple[FrontEndClassifier | FrontEndVote, str, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The round's model, the aggregation that made it (`union` when a site sent no counts) and the
+    (sites, counts) it joined the heads by (None for the union fit). `temperature`: the soft labels' (the
+    run's `temperature` key), which the vote multiplies back into each recovered head."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
     fe = build_front_end(front_end, image_shape)
     images = torch.cat([u.images for u in uploads])
     labels = torch.cat([u.labels for u in uploads])
     soft = torch.cat([u.soft_labels for u in uploads])
-    if not union and all(u.claim.class_counts is not None for u in uploads):
+    if aggregation != "union" and all(u.claim.class_counts is not None for u in uploads):
         sites, counts = consensus_inputs(uploads, head_batch)
-        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), (sites, counts)
-    return fit_head(fe, images, labels, num_classes, soft, weights), None
+        if aggregation == "vote":
+            temperatures = torch.full((len(uploads),), float(temperature), dtype=torch.float64)
+            return fit_vote(fe, images, labels, soft, sites, counts, num_classes, temperatures), "vote", (sites, counts)
+        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), "consensus", (sites, counts)
+    return fit_head(fe, images, labels, num_classes, soft, weights), "union", None

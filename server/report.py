@@ -47,7 +47,7 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
                   versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
                   classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None,
                   pool_soft_labels: torch.Tensor | None = None, pool_sites: torch.Tensor | None = None,
-                  pool_class_counts: torch.Tensor | None = None) -> None:
+                  pool_class_counts: torch.Tensor | None = None, pool_temperatures: torch.Tensor | None = None) -> None:
     """Everything a round leaves behind; the pool file keeps the images' training weights (if any), so the
     global model can be retrained from it exactly."""
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +61,8 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
         pool["soft_labels"] = pool_soft_labels.float().contiguous()
     if pool_sites is not None:  # what `fedsynth evaluate` needs to refit the round's consensus head
         pool["sites"], pool["class_counts"] = pool_sites.long().contiguous(), pool_class_counts.double().contiguous()
+    if pool_temperatures is not None:  # the round voted: `fedsynth evaluate` votes too
+        pool["temperatures"] = pool_temperatures.double().contiguous()
     save_file(pool, str(out / "synthetic_pool.safetensors"))
     if len(pool_labels):
         keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS]

@@ -19,7 +19,7 @@ from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
-from fedsynth.server.front_end_model import fit_front_end_model
+from fedsynth.server.front_end_model import AGGREGATIONS, fit_front_end_model
 from fedsynth.server.intake import Intake
 from fedsynth.server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
 from fedsynth.server.registry import KeyRegistry
@@ -31,7 +31,7 @@ app = ServerApp()
 # run-config keys only the server uses; every other key reaches the sites in the request (the engine's keys are
 # defined once, in client/config.py, and a site reads the ones it knows)
 SERVER_ONLY = ("output-dir", "anchors-file", "policy-epsilon", "min-sites", "expected-sites", "connect-timeout",
-               "timeout", "eval-epochs", "eval-width", "eval-augment", "pool-weighting")
+               "timeout", "eval-epochs", "eval-width", "eval-augment", "pool-weighting", "aggregation")
 
 def _wait_for_sites(grid: Grid, wanted: int, enough: int, timeout: float, settle: float = 5.0) -> list[int]:
     """Node ids once `wanted` sites are connected, or once at least `enough` are and none joined for
@@ -66,6 +66,9 @@ def main(grid: Grid, context: Context) -> None:
     weighting = str(cfg.get("pool-weighting", "auto"))
     if weighting not in WEIGHTINGS:  # before any site spends budget on this round
         _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+    aggregation = str(cfg.get("aggregation", AGGREGATIONS[0]))
+    if aggregation not in AGGREGATIONS:
+        _fail(out, [], cfg, test, f"unknown aggregation {aggregation[:40]!r}; choose from {', '.join(AGGREGATIONS)}")
     if str(cfg.get("front-end")) not in FRONT_ENDS:  # no fallback: the sites would read the app's own default
         _fail(out, [], cfg, test, f"unknown front-end {str(cfg.get('front-end'))[:40]!r}; choose from "
               f"{', '.join(FRONT_ENDS)}")
@@ -126,27 +129,29 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-        aggregation, union_acc, pool_sites, pool_counts = None, None, None, None
-    else:  # a ridge head on the sites' front end, from their heads' soft labels (and class counts)
+        combined, other_accuracy, pool_sites, pool_counts, pool_temperatures = None, {}, None, None, None
+    else:  # the sites' heads on their front end, recovered from their soft labels, joined by `aggregation`
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
-                   weights=weights)
-        model, combined_by = fit_front_end_model(front_end, accepted, **fit)
-        aggregation = "union" if combined_by is None else "pairwise-consensus"
-        union_acc = None if combined_by is None else accuracy(
-            fit_front_end_model(front_end, accepted, **fit, union=True)[0], test)
-        pool_sites, pool_counts = combined_by or (None, None)
+                   temperature=float(cfg["temperature"]), weights=weights)
+        model, combined, joined_by = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
+        other_accuracy = {f"{other}_accuracy": accuracy(fit_front_end_model(front_end, accepted, **fit,
+                                                                            aggregation=other)[0], test)
+                          for other in AGGREGATIONS if joined_by is not None and other != combined}
+        pool_sites, pool_counts = joined_by or (None, None)
+        pool_temperatures = (torch.full((len(accepted),), float(cfg["temperature"]), dtype=torch.float64)
+                             if combined == "vote" else None)
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
                "train_config": train_config.__dict__ if front_end == "none" else
                {"model": f"{front_end} + ridge head", "soft_labels": True}, "front_end": front_end,
-               "aggregation": aggregation, "union_accuracy": union_acc,
+               "aggregation": combined, **other_accuracy,
                "pool_weighting": "uniform" if weights is None else chosen,
                "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft,
-                  pool_sites=pool_sites, pool_class_counts=pool_counts)
+                  pool_sites=pool_sites, pool_class_counts=pool_counts, pool_temperatures=pool_temperatures)
     print("\n" + privacy_markdown(sites), flush=True)
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

@@ -103,8 +103,10 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_he
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["front_end"] == "scatter" and metrics["sites_accepted"] == 2
     assert metrics["train_config"]["model"] == "scatter + ridge head"
-    # every site released its noisy class counts, so the sites' heads are combined by pairwise consensus
-    assert metrics["aggregation"] == "pairwise-consensus" and 0.0 <= metrics["union_accuracy"] <= 1.0
+    # every site released its noisy class counts, so the sites' heads are joined by the class-wise vote, and the
+    # round also reports the other two ways of joining them
+    assert metrics["aggregation"] == "vote"
+    assert 0.0 <= metrics["union_accuracy"] <= 1.0 and 0.0 <= metrics["consensus_accuracy"] <= 1.0
     assert all(s["accepted"] for s in metrics["sites"])
     assert metrics["accuracy"] > 0.3  # chance is 0.1
     pool = load_file(str(out / "synthetic_pool.safetensors"))
@@ -112,12 +114,13 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_he
     assert torch.allclose(pool["soft_labels"].sum(1), torch.ones(40), atol=1e-4)
     # the pool file holds what refits the round's head: `fedsynth evaluate` on it reports the round's accuracy
     assert pool["sites"].tolist() == [0] * 20 + [1] * 20 and pool["class_counts"].shape == (2, 10)
+    assert pool["temperatures"].tolist() == [4.0, 4.0]
     from fedsynth.client.cli import main
 
     assert main(["evaluate", str(out / "synthetic_pool.safetensors"), "--dataset", "mnist5k", "--json",
                  str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["aggregation"] == "pairwise-consensus"
+    assert evaluated["aggregation"] == "vote"
     assert evaluated["accuracy_mean"] == pytest.approx(metrics["accuracy"], abs=1e-9)
 
 

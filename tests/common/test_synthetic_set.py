@@ -80,6 +80,11 @@ def test_a_consensus_pool_file_keeps_each_images_site_and_the_sites_counts(tmp_p
     kept = load_synthetic_set(_write(tmp_path / "pool.safetensors", images=images, labels=labels, soft_labels=SOFT,
                                      sites=SITES, class_counts=COUNTS))
     assert torch.equal(kept.sites, SITES) and torch.equal(kept.class_counts, COUNTS)
+    assert kept.temperatures is None  # a consensus round's pool
+    temperatures = torch.tensor([4.0, 2.0], dtype=torch.float64)
+    voted = load_synthetic_set(_write(tmp_path / "vote.safetensors", images=images, labels=labels, soft_labels=SOFT,
+                                      sites=SITES, class_counts=COUNTS, temperatures=temperatures))
+    assert torch.equal(voted.temperatures, temperatures)
 
 
 @pytest.mark.parametrize("tensors, reason", [
@@ -90,6 +95,11 @@ def test_a_consensus_pool_file_keeps_each_images_site_and_the_sites_counts(tmp_p
     (dict(sites=SITES, class_counts=-COUNTS), "finite and non-negative"),
     (dict(sites=SITES + 1, class_counts=COUNTS), "must index"),
     (dict(sites=SITES * 0, class_counts=COUNTS), "must hold images"),
+    (dict(temperatures=torch.ones(2, dtype=torch.float64)), "comes with 'sites'"),
+    (dict(sites=SITES, class_counts=COUNTS, temperatures=torch.ones(3, dtype=torch.float64)), "one per site"),
+    (dict(sites=SITES, class_counts=COUNTS, temperatures=torch.ones(2)), "temperatures must be float64"),
+    *[(dict(sites=SITES, class_counts=COUNTS, temperatures=torch.tensor([4.0, bad], dtype=torch.float64)),
+       "must lie in") for bad in (0.0, -1.0, float("nan"), float("inf"), 1e4)],
 ])
 def test_a_malformed_consensus_pool_is_refused_naming_the_problem(tmp_path, tensors, reason):
     images, labels = _set()

@@ -1,7 +1,9 @@
-"""The server's head for a front-end round: consensus of the sites' heads when all sent counts, capped counts."""
+"""The server's model for a front-end round: the sites' heads voted or joined by consensus when all sent counts,
+else the union fit; capped counts."""
 
 import dataclasses
 
+import pytest
 import torch
 from helpers import make_claim
 
@@ -33,13 +35,28 @@ def test_a_site_claiming_more_records_than_its_sample_rate_allows_is_scaled_down
     assert float(capped_counts(negative, head_batch=4096.0).min()) == 0.0
 
 
-def test_consensus_needs_every_site_counted_else_the_union_is_fitted():
+def test_the_sites_heads_are_joined_only_when_every_site_was_counted_else_the_union_is_fitted():
     a, b = _upload(*_set(1), (50.0,) * 10), _upload(*_set(2), (70.0,) * 10)
-    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
-    model, combined_by = fit_front_end_model("scatter", [a, b], **fit)
-    assert combined_by is not None and model.head.weight.shape == (10, 81 * 7 * 7)
-    sites, counts = combined_by
+    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0, temperature=4.0)
+    model, combined, joined_by = fit_front_end_model("scatter", [a, b], **fit)
+    assert combined == "vote" and model.heads.weight.shape == (2 * 10, 81 * 7 * 7)
+    sites, counts = joined_by
     assert sites.tolist() == [0] * 20 + [1] * 20 and counts.tolist() == [[50.0] * 10, [70.0] * 10]
+    model, combined, _ = fit_front_end_model("scatter", [a, b], **fit, aggregation="consensus")
+    assert combined == "consensus" and model.head.weight.shape == (10, 81 * 7 * 7)
     uncounted = dataclasses.replace(b, claim=dataclasses.replace(b.claim, class_counts=None))
-    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1] is None  # the union fit
-    assert fit_front_end_model("scatter", [a, b], **fit, union=True)[1] is None
+    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1:] == ("union", None)
+    assert fit_front_end_model("scatter", [a, b], **fit, aggregation="union")[1:] == ("union", None)
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        fit_front_end_model("scatter", [a, b], **fit, aggregation="median")
+
+
+def test_the_vote_multiplies_the_soft_labels_temperature_back_into_each_sites_head():
+    a = _upload(*_set(1), (50.0,) * 10)
+    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0, aggregation="vote")
+    cool, hot = (fit_front_end_model("scatter", [a], **fit, temperature=t)[0] for t in (1.0, 4.0))
+    assert torch.allclose(hot.heads.weight, 4.0 * cool.heads.weight)
+    images = _set(1)[0]
+    # one site: the vote is that site's own softmax, at its own temperature
+    assert torch.allclose(hot(images * 2 - 1).exp(), torch.softmax(4.0 * cool.heads(cool.front_end(images)), 1),
+                          atol=1e-5)
