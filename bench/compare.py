@@ -80,6 +80,7 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
             "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
             "union_accuracy": m.get("union_accuracy"), "consensus_accuracy": m.get("consensus_accuracy"),
+            "vote_accuracy": m.get("vote_accuracy"),
             **_pool_choice(m)}
 
 
@@ -259,10 +260,13 @@ def _shared_seed(row: dict) -> bool:
 
 OLDER_MARKS = "²³⁴⁵⁶⁷⁸⁹"
 def _today_aggregation() -> str:
-    """How a front-end round's server joins the sites today (metrics' aggregation: the app's default)."""
-    from fedsynth.server.front_end_model import AGGREGATIONS
+    """How a front-end round's server joins the sites today: the app's `aggregation`."""
+    return str(app_run_config()["aggregation"])
 
-    return AGGREGATIONS[0]
+
+def _aggregation_of(row: dict) -> str:
+    """The server's rule a front-end row ran with (rows before the `aggregation` key name consensus so)."""
+    return {"pairwise-consensus": "consensus", None: "union"}.get(row.get("aggregation"), row.get("aggregation"))
 
 
 def _ran_with(config: dict, key: str):
@@ -295,8 +299,8 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
         read = _keys_read_by(_ran_with(r["settings"], "front-end"))
         then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS
                      if k in read and _ran_with(r["settings"], k) != today[k])
-        if r.get("front_end", "none") != "none" and r.get("aggregation") != _today_aggregation():
-            then += (("aggregation", r.get("aggregation") or "union"),)  # the server's rule for front-end rounds
+        if r.get("front_end", "none") != "none" and _aggregation_of(r) != _today_aggregation():
+            then += (("aggregation", _aggregation_of(r)),)  # the server's rule for front-end rounds
         if then and (then in older or len(older) < len(OLDER_MARKS)):
             marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
     today_settings = {**engine_settings(), "aggregation": _today_aggregation()}

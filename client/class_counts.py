@@ -4,7 +4,7 @@ Each record of a Poisson sample at the run's rate q contributes C·e_y (norm C, 
 clipped gradient); the sum gets N(0, σ²C²) noise per class, exactly like one DP-SGD step, so the ledger
 accounts for it as one more composed release of the claimed mechanism. Dividing by C·q gives an unbiased
 count per class with standard deviation σ/q. The server weighs each site's head by these counts when it
-combines sites with different label mixes (`fedsynth.common.front_end.consensus`).
+joins sites with different label mixes (`fedsynth.common.front_end.vote`, `.consensus`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 from fedsynth.client.errors import EngineError
 from fedsynth.client.matching import UNITS as MATCH_UNITS
-from fedsynth.common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES
+from fedsynth.common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES, MAX_TEMPERATURE
 from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.models import NORMS
 from fedsynth.common.privacy.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT
@@ -100,7 +100,7 @@ class DistillConfig:
     class_pull: float = setting(0.0, "scatter: share of the synthesis steps that also pull each image towards its "
                                 "label (0: the images only span the head; the soft labels carry the classes)",
                                 low=0.0, high=1.0, key="class-pull", engine=FRONT_END)
-    temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=1e3,
+    temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=MAX_TEMPERATURE,
                                  open_low=True, key="temperature", engine=FRONT_END)
     seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),
                         high=2**63 - 1)

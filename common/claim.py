@@ -33,6 +33,7 @@ MAX_CLASSES = 1000
 MAX_RELEASES = 10**6  # composed releases; with σ below MAX_NOISE_MULTIPLIER the RDP accountant answers in seconds
 MAX_NOISE_MULTIPLIER = 100.0
 MAX_MAGNITUDE = 1e6  # ε, C: anything larger is no privacy claim anyone means
+MAX_TEMPERATURE = 1e3  # of a front-end set's soft labels (the engine's `temperature` setting)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SCALAR = (str, int, float, bool, type(None))
 
@@ -81,6 +82,15 @@ class Claim:
     @property
     def private(self) -> bool:
         return math.isfinite(self.epsilon)
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature of the set's soft labels, from the run's config: the server multiplies it back into
+        the head it recovers from them. None unless a number in (0, MAX_TEMPERATURE]."""
+        value = (self.config or {}).get("temperature")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if 0.0 < value <= MAX_TEMPERATURE else None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The claim as strict-JSON values (ε = ∞ → null): what is signed and written to claim.json."""

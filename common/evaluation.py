@@ -101,7 +101,7 @@ def evaluate_on_front_end(
     temperatures: torch.Tensor | None = None,
 ) -> dict:
     """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
-    deterministic, so one 'seed'); with `sites` and `class_counts` (a consensus pool), the sites' heads are
+    deterministic, so one 'seed'); with `sites` and `class_counts` (a vote or consensus pool), the sites' heads are
     fitted apart and combined as the round combined them: by the class-wise vote when the pool keeps each
     site's soft-label `temperatures`, else by pairwise consensus."""
     from fedsynth.common.front_end import build_front_end

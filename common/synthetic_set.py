@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fedsynth.common.claim import Claim, ClaimError
+from fedsynth.common.claim import MAX_TEMPERATURE, Claim, ClaimError
 from fedsynth.common.errors import FedsynthError, one_line
 from fedsynth.common.files import read_regular_file
 
@@ -41,7 +41,7 @@ class SyntheticSet:
     claim: Claim | None  # None for a pool file or a set without a readable claim.json
     weights: torch.Tensor | None = None  # per-image training weights: a server's pool file keeps them
     soft_labels: torch.Tensor | None = None  # per image, the class distribution of the site's DP model
-    # a consensus pool file: per image the index of its site, and per site its (capped) released class counts
+    # a vote or consensus pool file: per image the index of its site, and per site its (capped) released class counts
     sites: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     temperatures: torch.Tensor | None = None  # per site, its soft labels' temperature: the round voted (vote.py)
@@ -193,7 +193,7 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
 
 CONSENSUS = ("sites", "class_counts")  # a pool file's tensors for `fedsynth.common.front_end.consensus`
 VOTE = "temperatures"  # with CONSENSUS: the round's model was `fedsynth.common.front_end.vote`
-MAX_TEMPERATURE = 1e3  # the engine's bound on `temperature`
+MAX_POOL_SITES = 4096  # rows of class_counts: the vote holds one head per site
 
 
 def consensus_problem(sites: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor, classes: int) -> str | None:
@@ -202,6 +202,8 @@ def consensus_problem(sites: torch.Tensor, counts: torch.Tensor, labels: torch.T
         return f"sites must be int64, one per image ({tuple(labels.shape)})"
     if counts.dtype != torch.float64 or counts.ndim != 2 or counts.shape[1] != classes or not 0 < counts.shape[0]:
         return f"class_counts must be float64 [sites, {classes}]"
+    if counts.shape[0] > MAX_POOL_SITES:
+        return f"class_counts holds {counts.shape[0]} sites, more than {MAX_POOL_SITES}"
     if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
         return "class_counts must be finite and non-negative"
     if sites.numel() and (int(sites.min()) < 0 or int(sites.max()) >= counts.shape[0]):

@@ -33,28 +33,31 @@ def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
 
 def consensus_inputs(uploads: Sequence[Upload], head_batch: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pooled image its site's index, and per site its capped counts: what the pool file keeps so that
-    `fedsynth evaluate` refits the round's consensus head."""
+    `fedsynth evaluate` refits the round's vote or consensus."""
     sites = torch.cat([torch.full((len(u.labels),), i, dtype=torch.long) for i, u in enumerate(uploads)])
     return sites, torch.stack([capped_counts(u, head_batch) for u in uploads])
 
 
 def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
-                        image_shape: tuple[int, int, int], head_batch: float, temperature: float,
-                        weights: torch.Tensor | None = None, aggregation: str = AGGREGATIONS[0],
-                        ) -> tuple[FrontEndClassifier | FrontEndVote, str, tuple[torch.Tensor, torch.Tensor] | None]:
-    """The round's model, the aggregation that made it (`union` when a site sent no counts) and the
-    (sites, counts) it joined the heads by (None for the union fit). `temperature`: the soft labels' (the
-    run's `temperature` key), which the vote multiplies back into each recovered head."""
+                        image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
+                        aggregation: str = AGGREGATIONS[0]) -> tuple[FrontEndClassifier | FrontEndVote, str, dict]:
+    """The round's model, the aggregation that made it (`union` when a site sent no counts) and what the pool
+    file keeps to refit it: per image its site and per site its capped counts (consensus and vote), and per
+    site the temperature of its soft labels (vote: multiplied back into each recovered head)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
     fe = build_front_end(front_end, image_shape)
     images = torch.cat([u.images for u in uploads])
     labels = torch.cat([u.labels for u in uploads])
     soft = torch.cat([u.soft_labels for u in uploads])
-    if aggregation != "union" and all(u.claim.class_counts is not None for u in uploads):
-        sites, counts = consensus_inputs(uploads, head_batch)
-        if aggregation == "vote":
-            temperatures = torch.full((len(uploads),), float(temperature), dtype=torch.float64)
-            return fit_vote(fe, images, labels, soft, sites, counts, num_classes, temperatures), "vote", (sites, counts)
-        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), "consensus", (sites, counts)
-    return fit_head(fe, images, labels, num_classes, soft, weights), "union", None
+    if aggregation == "union" or any(u.claim.class_counts is None for u in uploads):
+        return fit_head(fe, images, labels, num_classes, soft, weights), "union", {}
+    sites, counts = consensus_inputs(uploads, head_batch)
+    if aggregation == "consensus":
+        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), "consensus", \
+            {"sites": sites, "class_counts": counts}
+    if any(u.claim.temperature is None for u in uploads):  # the server's checks refuse such uploads
+        raise ValueError("every site's claim must give its soft labels' temperature for the vote")
+    temperatures = torch.tensor([u.claim.temperature for u in uploads], dtype=torch.float64)
+    return fit_vote(fe, images, labels, soft, sites, counts, num_classes, temperatures), "vote", \
+        {"sites": sites, "class_counts": counts, "temperatures": temperatures}

@@ -59,7 +59,7 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
         pool["weights"] = pool_weights.float().contiguous()
     if pool_soft_labels is not None:
         pool["soft_labels"] = pool_soft_labels.float().contiguous()
-    if pool_sites is not None:  # what `fedsynth evaluate` needs to refit the round's consensus head
+    if pool_sites is not None:  # what `fedsynth evaluate` needs to refit the round's vote or consensus
         pool["sites"], pool["class_counts"] = pool_sites.long().contiguous(), pool_class_counts.double().contiguous()
     if pool_temperatures is not None:  # the round voted: `fedsynth evaluate` votes too
         pool["temperatures"] = pool_temperatures.double().contiguous()

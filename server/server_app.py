@@ -129,17 +129,14 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-        combined, other_accuracy, pool_sites, pool_counts, pool_temperatures = None, {}, None, None, None
+        combined, other_accuracy, joined = None, {}, {}
     else:  # the sites' heads on their front end, recovered from their soft labels, joined by `aggregation`
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
-                   temperature=float(cfg["temperature"]), weights=weights)
-        model, combined, joined_by = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
+                   weights=weights)
+        model, combined, joined = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
         other_accuracy = {f"{other}_accuracy": accuracy(fit_front_end_model(front_end, accepted, **fit,
                                                                             aggregation=other)[0], test)
-                          for other in AGGREGATIONS if joined_by is not None and other != combined}
-        pool_sites, pool_counts = joined_by or (None, None)
-        pool_temperatures = (torch.full((len(accepted),), float(cfg["temperature"]), dtype=torch.float64)
-                             if combined == "vote" else None)
+                          for other in AGGREGATIONS if joined and other != combined}
     acc = accuracy(model, test)
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
@@ -151,7 +148,8 @@ def main(grid: Grid, context: Context) -> None:
                "pool_weighting_asked": weighting, "pool_run_snr": run_snr}
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft,
-                  pool_sites=pool_sites, pool_class_counts=pool_counts, pool_temperatures=pool_temperatures)
+                  pool_sites=joined.get("sites"), pool_class_counts=joined.get("class_counts"),
+                  pool_temperatures=joined.get("temperatures"))
     print("\n" + privacy_markdown(sites), flush=True)
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

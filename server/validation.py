@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedsynth.common.claim import MAX_TEMPERATURE
 from fedsynth.common.payload import Upload
 from fedsynth.common.privacy.recompute import RecomputeTimeout, epsilon_within
 from fedsynth.common.signing import verify
@@ -63,6 +64,8 @@ def check_upload(
         made = f"front end {claim.front_end}" + (" with soft labels" if claim.soft_labels else "")
         return Verdict.reject(f"schema: the set was made for {made}; this round takes front end {policy.front_end} "
                               f"{'with' if wants_soft else 'without'} soft labels")
+    if wants_soft and claim.temperature is None:
+        return Verdict.reject(f"schema: the claim's config gives no soft-label temperature in (0, {MAX_TEMPERATURE:g}]")
     if (upload.soft_labels is not None) != claim.soft_labels:
         return Verdict.reject("schema: soft labels " + ("missing" if claim.soft_labels else "sent but not claimed"))
     if upload.soft_labels is not None and (problem := soft_label_problem(upload.soft_labels, upload.labels,

@@ -127,7 +127,8 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_he
 @pytest.mark.slow
 @pytest.mark.parametrize("setting,reason", [("min-sites=3", "min-sites=3"),
                                             ('front-end="wavelets"', "unknown front-end 'wavelets'"),
-                                            ('pool-weighting="count"', "unknown pool-weighting 'count'")])
+                                            ('pool-weighting="count"', "unknown pool-weighting 'count'"),
+                                            ('aggregation="median"', "unknown aggregation 'median'")])
 def test_round_that_cannot_complete_fails_with_a_clear_report_before_sites_spend(tmp_path, monkeypatch, setting,
                                                                                   reason):
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))

@@ -11,9 +11,9 @@ from fedsynth.common.payload import Upload
 from fedsynth.server.front_end_model import capped_counts, fit_front_end_model
 
 
-def _upload(images, labels, soft, counts, q=0.5):
+def _upload(images, labels, soft, counts, q=0.5, temperature=4.0):
     claim = make_claim(images, labels, q=q, front_end="scatter", soft_labels=True, class_counts=counts,
-                       image_shape=(1, 28, 28))
+                       image_shape=(1, 28, 28), config={"temperature": temperature})
     return Upload("s", images, labels, claim, b"", ("r", "n"), soft)
 
 
@@ -37,26 +37,33 @@ def test_a_site_claiming_more_records_than_its_sample_rate_allows_is_scaled_down
 
 def test_the_sites_heads_are_joined_only_when_every_site_was_counted_else_the_union_is_fitted():
     a, b = _upload(*_set(1), (50.0,) * 10), _upload(*_set(2), (70.0,) * 10)
-    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0, temperature=4.0)
-    model, combined, joined_by = fit_front_end_model("scatter", [a, b], **fit)
+    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
+    model, combined, joined = fit_front_end_model("scatter", [a, b], **fit)
     assert combined == "vote" and model.heads.weight.shape == (2 * 10, 81 * 7 * 7)
-    sites, counts = joined_by
-    assert sites.tolist() == [0] * 20 + [1] * 20 and counts.tolist() == [[50.0] * 10, [70.0] * 10]
-    model, combined, _ = fit_front_end_model("scatter", [a, b], **fit, aggregation="consensus")
+    assert joined["sites"].tolist() == [0] * 20 + [1] * 20
+    assert joined["class_counts"].tolist() == [[50.0] * 10, [70.0] * 10]
+    assert joined["temperatures"].tolist() == [4.0, 4.0]
+    model, combined, joined = fit_front_end_model("scatter", [a, b], **fit, aggregation="consensus")
     assert combined == "consensus" and model.head.weight.shape == (10, 81 * 7 * 7)
+    assert "temperatures" not in joined  # what a consensus pool file keeps: sites and counts
     uncounted = dataclasses.replace(b, claim=dataclasses.replace(b.claim, class_counts=None))
-    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1:] == ("union", None)
-    assert fit_front_end_model("scatter", [a, b], **fit, aggregation="union")[1:] == ("union", None)
+    assert fit_front_end_model("scatter", [a, uncounted], **fit)[1:] == ("union", {})
+    assert fit_front_end_model("scatter", [a, b], **fit, aggregation="union")[1:] == ("union", {})
     with pytest.raises(ValueError, match="unknown aggregation"):
         fit_front_end_model("scatter", [a, b], **fit, aggregation="median")
 
 
-def test_the_vote_multiplies_the_soft_labels_temperature_back_into_each_sites_head():
-    a = _upload(*_set(1), (50.0,) * 10)
-    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0, aggregation="vote")
-    cool, hot = (fit_front_end_model("scatter", [a], **fit, temperature=t)[0] for t in (1.0, 4.0))
-    assert torch.allclose(hot.heads.weight, 4.0 * cool.heads.weight)
+def test_the_vote_multiplies_each_sites_own_temperature_back_into_its_head():
+    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
+    cool, hot = _upload(*_set(1), (50.0,) * 10, temperature=1.0), _upload(*_set(2), (50.0,) * 10, temperature=4.0)
+    alone = [fit_front_end_model("scatter", [u], **fit)[0].heads for u in (cool, hot)]
+    hot_at_one = dataclasses.replace(hot, claim=dataclasses.replace(hot.claim, config={"temperature": 1.0}))
+    assert torch.allclose(alone[1].weight, 4.0 * fit_front_end_model("scatter", [hot_at_one], **fit)[0].heads.weight)
+    both, _, joined = fit_front_end_model("scatter", [cool, hot], **fit)
+    assert joined["temperatures"].tolist() == [1.0, 4.0]
+    assert torch.allclose(both.heads.weight, torch.cat([alone[0].weight, alone[1].weight]))
     images = _set(1)[0]
     # one site: the vote is that site's own softmax, at its own temperature
-    assert torch.allclose(hot(images * 2 - 1).exp(), torch.softmax(4.0 * cool.heads(cool.front_end(images)), 1),
+    model = fit_front_end_model("scatter", [hot], **fit)[0]
+    assert torch.allclose(model(images * 2 - 1).exp(), torch.softmax(model.heads(model.front_end(images)), 1),
                           atol=1e-5)

@@ -111,11 +111,11 @@ def test_key_files_round_trip_and_refuse_overwrite(tmp_path):
 SCATTER = dataclasses.replace(POLICY, front_end="scatter")
 
 
-def _scatter_upload(soft=None, claim_soft=True, front_end="scatter", sent=True):
+def _scatter_upload(soft=None, claim_soft=True, front_end="scatter", sent=True, config={"temperature": 4.0}):
     images, labels = grid_set()
     soft = torch.softmax(torch.randn(20, 10), 1) if soft is None else soft
     claim = make_claim(images, labels, sha256=content_hash(images, labels, soft), front_end=front_end,
-                       soft_labels=claim_soft)
+                       soft_labels=claim_soft, config=config)
     return Upload("site-0", images, labels, claim, sign(KEY, claim, RUN, NONCE), (RUN, NONCE), soft if sent else None)
 
 
@@ -126,6 +126,10 @@ def _scatter_upload(soft=None, claim_soft=True, front_end="scatter", sent=True):
     (lambda: _scatter_upload(soft=torch.softmax(torch.randn(20, 10), 1).double().float() * -1), "non-negative"),
     (lambda: _scatter_upload(claim_soft=False), "made for front end scatter; this round takes front end scatter with"),
     (lambda: _scatter_upload(front_end="none"), "made for front end none with soft labels"),
+    # the server multiplies the soft labels' temperature back into the site's head: it must be a usable number
+    *[(lambda bad=bad: _scatter_upload(config=bad), "no soft-label temperature")
+      for bad in (None, {}, {"temperature": 0.0}, {"temperature": -4.0}, {"temperature": 1e4},
+                  {"temperature": True}, {"temperature": "4"})],
 ])
 def test_a_front_end_round_takes_sets_of_its_front_end_with_valid_soft_labels(make, reason):
     verdict = check_upload(make(), SCATTER, KEY.public_key(), RUN, NONCE)
