@@ -137,15 +137,17 @@ def _setting(row: dict) -> tuple:
 
 
 def heads_table(rows: list[dict]) -> str:
-    """One line per site-head setting: the consensus head's accuracy at each ε (None: no noise)."""
+    """One line per site-head setting: the consensus and the vote of the heads at each ε (None: no noise)."""
     epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: math.inf if e is None else e)
     label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
+    voted = [e for e in epsilons if any(r["epsilon"] == e and r.get("vote") is not None for r in rows)]
     lines = ["| site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median site | "
-             + " | ".join(f"consensus, {label[e]}" for e in epsilons) + " |",
-             "|---|---|---|---|---|" + "---|" * len(epsilons)]
+             + " | ".join([f"consensus, {label[e]}" for e in epsilons] + [f"vote, {label[e]}" for e in voted]) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(epsilons) + len(voted))]
     for batch, lr, epochs, accountant in sorted({_setting(r) for r in rows}, reverse=True):
         found = {r["epsilon"]: r for r in rows if _setting(r) == (batch, lr, epochs, accountant)}
         cells = [percent(found[e]["consensus"]) if e in found else "—" for e in epsilons]
+        cells += [percent(found[e]["vote"]) if found.get(e, {}).get("vote") is not None else "—" for e in voted]
         steps = next(iter(found.values()))["steps"]
         lines.append(f"| {batch:g} | {lr:g} | {epochs:g} | {accountant} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
