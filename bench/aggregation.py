@@ -88,14 +88,9 @@ def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
 
 def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor) -> torch.nn.Module:
     """The server's class-wise vote (common/front_end/vote.py) of the heads `maps` [K, D + 1], on features."""
-    from fedsynth.common.front_end.vote import FrontEndVote, vote_weights
+    from fedsynth.common.front_end.vote import FrontEndVote
 
-    joint = torch.cat(maps).float()
-    heads = torch.nn.Linear(joint.shape[1] - 1, joint.shape[0])
-    with torch.no_grad():
-        heads.weight.copy_(joint[:, :-1])
-        heads.bias.copy_(joint[:, -1])
-    return FrontEndVote(torch.nn.Identity(), heads, vote_weights(counts)).eval()
+    return FrontEndVote.from_maps(torch.nn.Identity(), maps, counts)
 
 
 def accuracy(joint: torch.Tensor | torch.nn.Module, test_features: torch.Tensor, labels: torch.Tensor) -> float:

@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 
 from fedsynth.common.front_end.base import FrontEnd
-from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
+from fedsynth.common.front_end.fit import FrontEndClassifier, fit_site_maps
+from fedsynth.common.front_end.vote import vote_weights
 
 PULL = 1e-3  # weight of the mean head, relative to the mean diagonal of L
 
@@ -40,9 +41,7 @@ def consensus(heads: Sequence[torch.Tensor], counts: Sequence[torch.Tensor]) -> 
         raise ValueError("need one class-count vector per head, and at least one head")
     laplacians = [pair_laplacian(c) for c in counts]
     total = sum(laplacians)
-    weights = torch.stack([c.double().clamp_min(0.0) for c in counts])  # [S, K]
-    share = weights / weights.sum(0).clamp_min(1e-300)
-    share = torch.where(weights.sum(0) > 0, share, torch.full_like(share, 1.0 / len(heads)))
+    share = vote_weights(torch.stack([c.double() for c in counts]))  # [S, K]: each site's share of each class
     mean = sum(share[s][:, None] * heads[s].double() for s in range(len(heads)))
     pull = PULL * max(float(torch.diagonal(total).mean()), 1e-12)
     rhs = sum(lap @ h.double() for lap, h in zip(laplacians, heads)) + pull * mean
@@ -54,11 +53,7 @@ def fit_consensus(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tenso
                   sites: torch.Tensor, counts: torch.Tensor, num_classes: int) -> FrontEndClassifier:
     """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]),
     combined by `consensus`: the round's model, and `fedsynth evaluate`'s on the round's pool file."""
-    maps = []
-    for site in range(counts.shape[0]):
-        part = sites == site
-        head = fit_head(front_end, images[part], labels[part], num_classes, soft_labels[part]).head
-        maps.append(torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1))
+    maps = fit_site_maps(front_end, images, labels, soft_labels, sites, counts.shape[0], num_classes)
     joint = consensus(maps, list(counts)).float()
     head = torch.nn.Linear(joint.shape[1] - 1, num_classes)
     with torch.no_grad():

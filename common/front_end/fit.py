@@ -62,3 +62,15 @@ def fit_head(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, nu
         head.weight.copy_(coef[:-1].T.float())
         head.bias.copy_(coef[-1].float())
     return FrontEndClassifier(front_end, head).eval()
+
+
+def fit_site_maps(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
+                  sites: torch.Tensor, num_sites: int, num_classes: int) -> list[torch.Tensor]:
+    """Each site's head fitted to its own images of a pool (`sites` [N]: each image's site), as a map
+    [K, D + 1] (weights | bias): what the server's vote and consensus join."""
+    maps = []
+    for site in range(num_sites):
+        part = sites == site
+        head = fit_head(front_end, images[part], labels[part], num_classes, soft_labels[part]).head
+        maps.append(torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1))
+    return maps

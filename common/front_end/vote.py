@@ -18,7 +18,7 @@ import torch
 
 from fedsynth.common.data import to_pixel_space
 from fedsynth.common.front_end.base import FrontEnd
-from fedsynth.common.front_end.fit import fit_head
+from fedsynth.common.front_end.fit import fit_site_maps
 
 
 def vote_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -44,20 +44,23 @@ class FrontEndVote(torch.nn.Module):
         scores = (torch.softmax(logits, -1) * self.weights).sum(1)
         return torch.log(scores.clamp_min(1e-30)) - torch.log(scores.sum(1, keepdim=True).clamp_min(1e-30))
 
+    @classmethod
+    def from_maps(cls, front_end: torch.nn.Module, maps: list[torch.Tensor], counts: torch.Tensor) -> "FrontEndVote":
+        """The vote of the site maps `maps` [K, D + 1] each (weights | bias, at the sites' own scale) under
+        `counts` [S, K]."""
+        joint = torch.cat(maps).float()
+        heads = torch.nn.Linear(joint.shape[1] - 1, joint.shape[0])
+        with torch.no_grad():
+            heads.weight.copy_(joint[:, :-1])
+            heads.bias.copy_(joint[:, -1])
+        return cls(front_end, heads, vote_weights(counts)).eval()
+
 
 def fit_vote(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
              sites: torch.Tensor, counts: torch.Tensor, num_classes: int,
              temperatures: torch.Tensor) -> FrontEndVote:
     """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]
     and `temperatures` [S], the temperature of each site's soft labels), joined by `vote_weights`."""
-    weight, bias = [], []
-    for site in range(counts.shape[0]):
-        part = sites == site
-        head = fit_head(front_end, images[part], labels[part], num_classes, soft_labels[part]).head
-        weight.append(head.weight.detach() * float(temperatures[site]))
-        bias.append(head.bias.detach() * float(temperatures[site]))
-    heads = torch.nn.Linear(weight[0].shape[1], len(weight) * num_classes)
-    with torch.no_grad():
-        heads.weight.copy_(torch.cat(weight))
-        heads.bias.copy_(torch.cat(bias))
-    return FrontEndVote(front_end.cpu().eval(), heads, vote_weights(counts)).eval()
+    maps = fit_site_maps(front_end, images, labels, soft_labels, sites, counts.shape[0], num_classes)
+    scaled = [m * float(t) for m, t in zip(maps, temperatures)]
+    return FrontEndVote.from_maps(front_end.cpu().eval(), scaled, counts)
