@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent  # noqa: E402
+from bench.results_io import add_federation_arguments, app_head_settings, merge_rows, percent  # noqa: E402
 from bench.results_io import update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
@@ -50,7 +50,7 @@ def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, 
     from fedsynth.client.head_training import train_head
     from fedsynth.common.partition import partition_indices
 
-    config = DistillConfig(front_end="scatter", epsilon=epsilon, **settings)
+    config = DistillConfig(front_end="scatter", epsilon=epsilon, **settings).resolved()
     out = []
     for k in range(sites):
         idx = partition_indices(train.labels, sites, k, "dirichlet", alpha, seed)
@@ -199,10 +199,8 @@ def main() -> int:
         train_features, test_features = features(front_end, train.images), features(front_end, test.images)
         if args.head_settings:
             measure_head_settings(args, train, train_features, test_features, test)
-        app = app_run_config()  # the rules run on the heads the federated app's sites train
-        head = {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
-                "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
         for epsilon in ([] if args.head_settings else args.epsilon):
+            head = app_head_settings(epsilon)  # the rules run on the heads the federated app's sites train
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
             own = [accuracy(h, test_features, test.labels) for h, _, _ in heads]
             rows = [{"rule": "each site's own head (mean)", "accuracy": sum(own) / len(own), "released_only": True}]

@@ -32,8 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import (SHARED_SEED_NOTE, app_run_config, merge_rows, percent, read_rows, site_seeding,  # noqa: E402
-                              update_readme_block)
+from bench.results_io import (SHARED_SEED_NOTE, app_run_config, merge_rows, percent, read_rows,  # noqa: E402
+                              resolved_run_config, site_seeding, update_readme_block)
 
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fedsynth", "distill-nodp", "dp-fedavg", "fedavg", "central-dpsgd", "central")
@@ -102,10 +102,10 @@ ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-en
                       "accountant": "rdp"}
 
 
-def engine_settings() -> dict:
-    """The engine settings a fedsynth row ran with (the app's defaults in pyproject.toml), so a row says what it
-    measured."""
-    defaults = {**app_run_config(), "front-end": FRONT_END["name"]}
+def engine_settings(epsilon: float) -> dict:
+    """The engine settings a fedsynth row at target ε ran with (the app's defaults in pyproject.toml, 'auto' ones
+    at their value for ε), so a row says what it measured."""
+    defaults = {**resolved_run_config(epsilon), "front-end": FRONT_END["name"]}
     return {"source": "pyproject [tool.flwr.app.config]", **{k: defaults[k] for k in ENGINE_KEYS}}
 
 
@@ -114,7 +114,7 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
     settings as today's defaults), as a compare row; None when there is none. Saves a ~30-minute rerun."""
     if math.isinf(epsilon) or DATASET["extra"]:
         return None
-    defaults = {**app_run_config(), "front-end": FRONT_END["name"]}
+    defaults = {**resolved_run_config(epsilon), "front-end": FRONT_END["name"]}
     for row in read_rows(RESULTS / "federation.json"):
         config = row["config"]
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
@@ -240,7 +240,7 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
             "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
             "front_end": FRONT_END["name"],
             "settings": ((CENTRAL_HEAD if FRONT_END["name"] != "none" else CENTRAL) if central
-                         else FEDAVG if "fedavg" in method else engine_settings()),
+                         else FEDAVG if "fedavg" in method else engine_settings(epsilon)),
             "versions": library_versions()}
 
 
@@ -291,11 +291,13 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
     """Footnote marks (²³…, by row id) for fedsynth rows run under engine settings other than the app's today,
     one per distinct set of old settings, and the footnotes saying what those rows ran with."""
     older: dict[tuple, str] = {}
+    at: dict[tuple, float] = {}  # the ε of a footnote's first row: today's value of an 'auto' setting is ε's
     marks: dict[int, str] = {}
     for r in rows:
         if r["method"] not in ("fedsynth", "distill-nodp") or "settings" not in r:
             continue
-        today = {**engine_settings(), "front-end": _ran_with(r["settings"], "front-end")}
+        epsilon = math.inf if r["epsilon"] is None else r["epsilon"]
+        today = {**engine_settings(epsilon), "front-end": _ran_with(r["settings"], "front-end")}
         read = _keys_read_by(_ran_with(r["settings"], "front-end"))
         then = tuple((k, _ran_with(r["settings"], k)) for k in ENGINE_KEYS
                      if k in read and _ran_with(r["settings"], k) != today[k])
@@ -303,9 +305,10 @@ def _older_settings(rows: list[dict]) -> tuple[dict[int, str], list[str]]:
             then += (("aggregation", _aggregation_of(r)),)  # the server's rule for front-end rounds
         if then and (then in older or len(older) < len(OLDER_MARKS)):
             marks[id(r)] = older.setdefault(then, OLDER_MARKS[len(older)])
-    today_settings = {**engine_settings(), "aggregation": _today_aggregation()}
+            at.setdefault(then, epsilon)
+    today = {then: {**engine_settings(at[then]), "aggregation": _today_aggregation()} for then in older}
     notes = [f"\n{mark} measured with the app's earlier engine settings: {', '.join(f'{k}={v}' for k, v in then)} "
-             f"(today's: {', '.join(f'{k}={today_settings[k]}' for k, _ in then)})."
+             f"(today's: {', '.join(f'{k}={today[then][k]}' for k, _ in then)})."
              for then, mark in older.items()]
     return marks, notes
 

@@ -55,6 +55,26 @@ def app_run_config() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
+def resolved_run_config(epsilon: float) -> dict[str, Any]:
+    """The app's run config with each 'auto' engine setting at its value for target ε: what its sites run."""
+    from dataclasses import fields
+
+    from fedsynth.client.config import AUTO, DistillConfig, auto_value
+
+    config = app_run_config()
+    for f in fields(DistillConfig):
+        if f.metadata["auto"] and config.get(f.metadata["key"]) == AUTO:
+            config[f.metadata["key"]] = auto_value(f.name, epsilon)
+    return config
+
+
+def app_head_settings(epsilon: float) -> dict[str, Any]:
+    """The DP-SGD settings of the app's site heads at target ε, as DistillConfig fields."""
+    app = resolved_run_config(epsilon)
+    return {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
+            "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
+
+
 def read_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 

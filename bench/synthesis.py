@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.aggregation import accuracy, features, site_heads, vote_on_features  # noqa: E402
 from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent, read_rows  # noqa: E402
-from bench.results_io import update_readme_block  # noqa: E402
+from bench.results_io import app_head_settings, update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "synthesis.json"
 
@@ -98,12 +98,11 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
         app = app_run_config()
-        head = {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
-                "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
         train, test = load_fashion_mnist(True), load_fashion_mnist(False)
         front_end = build_front_end("scatter", train.image_shape).eval()
         train_features, test_features = features(front_end, train.images), features(front_end, test.images)
         for epsilon in args.epsilon:
+            head = app_head_settings(epsilon)
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
             released = [r.clamp_min(0) for _, _, r in heads]
             counts = torch.stack(released)

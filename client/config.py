@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from fedsynth.client.errors import EngineError
@@ -23,18 +23,27 @@ from fedsynth.common.privacy.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 
 MAX_ITERATIONS = 100_000  # T; with K, at most MAX_RELEASES releases (the most a claim may carry)
 PIXELS, FRONT_END = "pixels", "front end"  # which engine reads a setting: front-end none, or any other
+AUTO = "auto"  # a setting whose value follows the target ε (`auto_value`)
+
+
+def auto_value(name: str, epsilon: float) -> float:
+    """The value of the 'auto' setting `name` at target ε: the head's DP-SGD learning rate and epochs double per
+    decade of ε, from 0.2 and 20 at ε ≤ 1 to 0.4 and 40 at ε ≥ 10 (measured on Dirichlet sites of a few thousand
+    records at head-batch 1024: bench/aggregation.py --head-settings). ε is public, so the choice costs nothing."""
+    decades = min(1.0, max(0.0, math.log10(epsilon))) if epsilon > 0 else 0.0
+    return {"head_lr": 0.2, "head_epochs": 20.0}[name] * 2.0 ** decades
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
             open_high: bool = False, flag: str | None = "", key: str | None = None, app: Any = MISSING,
-            choices: tuple[str, ...] | None = None, engine: str | None = None) -> Any:
+            choices: tuple[str, ...] | None = None, engine: str | None = None, auto: bool = False) -> Any:
     """A DistillConfig field. `flag`: the CLI flag ("" derives `--name-with-dashes`, None: not on the CLI);
     `key`: the run-config key the federated app sends (None: not sent); `app`: the app's default where it
     differs from the engine's; `low`/`high`: the allowed range (open ends excluded); `engine`: PIXELS or
-    FRONT_END for a setting only that engine reads (None: both)."""
+    FRONT_END for a setting only that engine reads (None: both); `auto`: the setting may also be AUTO."""
     return field(default=default, metadata=dict(help=help, low=low, high=high, open_low=open_low,
                                                  open_high=open_high, flag=flag, key=key, app=app, choices=choices,
-                                                 engine=engine))
+                                                 engine=engine, auto=auto))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,14 +96,16 @@ class DistillConfig:
     augment: bool = setting(True, "differentiable siamese augmentation", flag=None, engine=PIXELS)
     every_class_populated: bool = setting(True, "refuse classes with fewer than ipc records (a federated site "
                                           "distils every class: skipping one would reveal it holds none)", flag=None)
-    head_epochs: float = setting(20.0, "scatter: DP-SGD epochs of the head (steps = epochs / q)", low=0.0,
-                                 open_low=True, high=10_000.0, key="head-epochs", engine=FRONT_END)
+    head_epochs: float | str = setting(20.0, "scatter: DP-SGD epochs of the head (steps = epochs / q; auto: by ε)",
+                                       low=0.0, open_low=True, high=10_000.0, key="head-epochs", app=AUTO,
+                                       engine=FRONT_END, auto=True)
     # one party with all of Fashion-MNIST: 4096 and 0.4; a federated site of ~6,000 records gains 2 points
     # at ε = 1 from more, smaller, gentler steps (bench/aggregation.py --head-settings)
     head_batch: float = setting(4096.0, "scatter: expected records per DP-SGD step (sets q)", low=0.0, high=1e9,
                                 open_low=True, key="head-batch", app=1024.0, engine=FRONT_END)
-    head_lr: float = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9)", low=0.0, high=1e6,
-                             open_low=True, key="head-lr", app=0.2, engine=FRONT_END)
+    head_lr: float | str = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9; auto: by ε)",
+                                   low=0.0, high=1e6, open_low=True, key="head-lr", app=AUTO, engine=FRONT_END,
+                                   auto=True)
     synthesis_steps: int = setting(300, "scatter: pixel-space steps fitting the images to the head (free "
                                    "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END)
     class_pull: float = setting(0.0, "scatter: share of the synthesis steps that also pull each image towards its "
@@ -117,6 +128,13 @@ class DistillConfig:
     def private(self) -> bool:
         return not (math.isinf(self.epsilon) or self.noise_multiplier == 0.0)
 
+    def resolved(self) -> DistillConfig:
+        """This config with each AUTO setting replaced by its value at the target ε: what a run uses and its
+        claim records."""
+        chosen = {f.name: auto_value(f.name, self.epsilon) for f in fields(self)
+                  if f.metadata["auto"] and getattr(self, f.name) == AUTO}
+        return replace(self, **chosen) if chosen else self
+
 
 REQUEST_KEYS = tuple(f.metadata["key"] for f in fields(DistillConfig) if f.metadata["key"])
 
@@ -132,6 +150,8 @@ def check_settings(config: DistillConfig) -> None:
     for f in fields(config):
         value, meta = getattr(config, f.name), f.metadata
         if value is None and f.default is None:
+            continue
+        if meta["auto"] and value == AUTO:
             continue
         if meta["choices"] is not None:
             if value not in meta["choices"]:
@@ -169,6 +189,11 @@ def epsilon_value(text: str) -> float:
     return value
 
 
+def auto_or_number(text: str) -> float | str:
+    """A setting from the command line that may be 'auto' (it follows --epsilon) or a number."""
+    return AUTO if text == AUTO else epsilon_value(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser | Any, names: tuple[str, ...] | None = None) -> None:
     """`fedsynth distill`'s engine flags (or only those of `names`), with the engine's defaults and help."""
     for f in fields(DistillConfig):
@@ -177,7 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, names: tuple[str, ...] 
             continue
         meta = f.metadata
         kind = type(f.default) if f.default is not None else float
-        extra = {"choices": meta["choices"]} if meta["choices"] else {"type": epsilon_value if kind is float else kind}
+        number = auto_or_number if meta["auto"] else epsilon_value
+        extra = {"choices": meta["choices"]} if meta["choices"] else {"type": number if kind is float else kind}
         default = f"default {f.default:g}" if isinstance(f.default, float) else f"default {f.default}"
         parser.add_argument(flag, dest=f.name, default=f.default, help=f"{meta['help']} ({default})", **extra)
 
@@ -221,6 +247,9 @@ def from_request(request: dict, **fixed: Any) -> DistillConfig:
             continue
         raw = request.get(key, app_default(f))
         kind = type(f.default)
+        if f.metadata["auto"] and raw == AUTO:
+            values[f.name] = AUTO
+            continue
         if kind is int and (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw)
                             or raw != int(raw)):
             raise EngineError(f"the request's {key} must be an integer, got {str(raw)[:40]!r}")

@@ -141,6 +141,7 @@ def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
 
     Pixels: T·K releases at q = batch-per-class · classes / n. A front end: one DP-SGD run of the head,
     epochs / q steps at q = head-batch / n, and one more release of that mechanism, the class histogram."""
+    config = config.resolved()
     if config.front_end == "none":
         q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
         steps = config.releases
@@ -217,6 +218,7 @@ def distill(
     `on_synthesis(done)` a front end's image updates after it.
     """
     started = time.time()
+    config = config.resolved()  # 'auto' settings take their values at this ε, and the claim records those
     validate(dataset, config)
     the_plan = plan(dataset, config)
     dev = resolve_device(device)

@@ -115,6 +115,8 @@ def _refusals(tmp_path):
         (d + ["--steps", "100000000"], "iterations"),
         (d + ["--depth", "9"], "cannot run on"),
         (s + ["--head-epochs", "0"], "head_epochs must be"),
+        (s + ["--head-lr", "fast"], "--head-lr"),
+        (d + ["--head-epochs", "auto"], "--head-epochs applies only to a front end"),
         (s + ["--temperature", "nan"], "--temperature"),
         (s + ["--steps", "5"], "--steps applies only to --front-end none"),  # would be ignored by the head's run
         (d + ["--head-lr", "1"], "--head-lr applies only to a front end"),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedsynth.client.cli import build_parser
-from fedsynth.client.config import REQUEST_KEYS, DistillConfig, app_defaults, check_settings, from_request
+from fedsynth.client.config import (AUTO, REQUEST_KEYS, DistillConfig, app_defaults, auto_value, check_settings,
+                                   from_request)
 from fedsynth.client.errors import EngineError
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
@@ -55,3 +56,33 @@ def test_out_of_range_settings_are_refused(changes):
 def test_defaults_and_infinite_epsilon_pass():
     check_settings(DistillConfig())
     check_settings(DistillConfig(epsilon=math.inf))
+
+
+@pytest.mark.parametrize(("epsilon", "lr", "epochs"), [(0.5, 0.2, 20.0), (1.0, 0.2, 20.0), (10.0, 0.4, 40.0),
+                                                         (50.0, 0.4, 40.0), (math.inf, 0.4, 40.0)])
+def test_auto_head_settings_follow_the_target_epsilon_between_the_measured_ends(epsilon, lr, epochs):
+    config = DistillConfig(epsilon=epsilon, head_lr=AUTO, head_epochs=AUTO).resolved()
+    assert config.head_lr == pytest.approx(lr) and config.head_epochs == pytest.approx(epochs)
+
+
+def test_auto_head_settings_rise_with_epsilon_and_explicit_values_stay():
+    values = [auto_value("head_lr", e) for e in (1.0, 2.0, 3.0, 5.0, 10.0)]
+    assert values == sorted(values) and len(set(values)) == 5
+    assert DistillConfig(epsilon=10.0, head_lr=0.3, head_epochs=7.0).resolved() == DistillConfig(
+        epsilon=10.0, head_lr=0.3, head_epochs=7.0)
+
+
+def test_a_site_resolves_the_apps_auto_head_settings_at_the_requested_epsilon():
+    assert RUN_CONFIG["head-lr"] == AUTO and RUN_CONFIG["head-epochs"] == AUTO
+    low, high = (from_request({**RUN_CONFIG, "epsilon": e}).resolved() for e in (1.0, 10.0))
+    assert (low.head_lr, low.head_epochs) == (0.2, 20.0) and (high.head_lr, high.head_epochs) == (0.4, 40.0)
+    with pytest.raises(EngineError, match="the request's head-lr must be a number"):
+        from_request({**RUN_CONFIG, "head-lr": "fast"})
+
+
+def test_only_the_auto_settings_accept_auto():
+    check_settings(DistillConfig(head_lr=AUTO, head_epochs=AUTO))
+    with pytest.raises(EngineError):
+        check_settings(DistillConfig(head_batch=AUTO))
+    with pytest.raises(EngineError, match="the request's head-batch"):
+        from_request({"head-batch": AUTO})

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fedsynth.client.engine as engine
+from fedsynth.client.config import auto_value
 from fedsynth.client.engine import DistillConfig, EngineError, distill, plan
 from fedsynth.common.data import ImageDataset
 from fedsynth.common.ledger import Ledger
@@ -50,6 +51,16 @@ def test_the_plan_is_epochs_over_q_steps_and_a_run_that_cannot_finish_is_refused
     assert the_plan.mechanism.steps == 200 + 1  # and the class histogram
     with pytest.raises(EngineError, match="no run of that length finishes"):
         plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 10_000.0, "sample_rate": 0.001}))
+
+
+def test_auto_head_settings_run_at_their_value_for_the_target_epsilon_and_the_claim_records_the_numbers(
+        tiny_mnist, tmp_path):
+    result = _run(tiny_mnist, tmp_path, head_epochs="auto", head_lr="auto", synthesis_steps=2)
+    claim = result.synthetic.claim
+    epochs, lr = auto_value("head_epochs", 4.0), auto_value("head_lr", 4.0)
+    assert claim.config["head_epochs"] == epochs and claim.config["head_lr"] == lr
+    assert claim.releases == math.ceil(epochs / (60 / len(tiny_mnist))) + 1
+    assert plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": "auto"})).mechanism == claim.mechanism
 
 
 def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
