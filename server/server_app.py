@@ -15,15 +15,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.data import ImageDataset, load_dataset
 from fedsynth.common.evaluation import TrainConfig, accuracy, train_classifier
-from fedsynth.common.front_end import FRONT_ENDS
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
 from fedsynth.server.front_end_model import AGGREGATIONS, fit_front_end_model
 from fedsynth.server.intake import Intake
-from fedsynth.server.pool import WEIGHTINGS, choose_weighting, median_run_snr, pool_weights, release_noise
+from fedsynth.server.pool import choose_weighting, median_run_snr, pool_weights, release_noise
 from fedsynth.server.registry import KeyRegistry
 from fedsynth.server.report import privacy_markdown, write_outputs
+from fedsynth.server.round_settings import choice_of, unknown_setting
 from fedsynth.server.validation import UploadPolicy
 
 app = ServerApp()
@@ -63,15 +63,10 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["output-dir"]))
     min_sites = int(cfg["min-sites"])
     test = load_dataset(str(cfg["dataset"]), train=False)
-    weighting = str(cfg.get("pool-weighting", "auto"))
-    if weighting not in WEIGHTINGS:  # before any site spends budget on this round
-        _fail(out, [], cfg, test, f"unknown pool-weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
-    aggregation = str(cfg.get("aggregation", AGGREGATIONS[0]))
-    if aggregation not in AGGREGATIONS:
-        _fail(out, [], cfg, test, f"unknown aggregation {aggregation[:40]!r}; choose from {', '.join(AGGREGATIONS)}")
-    if str(cfg.get("front-end")) not in FRONT_ENDS:  # no fallback: the sites would read the app's own default
-        _fail(out, [], cfg, test, f"unknown front-end {str(cfg.get('front-end'))[:40]!r}; choose from "
-              f"{', '.join(FRONT_ENDS)}")
+    unknown = unknown_setting(cfg)
+    if unknown is not None:  # before any site spends budget on this round
+        _fail(out, [], cfg, test, unknown)
+    weighting, aggregation = choice_of(cfg, "pool-weighting"), choice_of(cfg, "aggregation")
     try:
         anchors = LedgerAnchors(Path(str(cfg["anchors-file"])))
     except AnchorsError as err:

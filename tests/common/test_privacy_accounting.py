@@ -18,6 +18,16 @@ def test_calibrated_sigma_meets_target_without_waste(accountant, target):
     assert epsilon_of_history([Mechanism(0.95 * sigma, q, steps, 1.0)], delta, accountant) > target
 
 
+@pytest.mark.parametrize("target,q,steps,accountant", [(4.0, 1.0, 3, "prv"), (1.0, 0.05, 2000, "rdp"),
+                                                       (10.0, 0.01, 500, "prv")])
+def test_calibration_finds_the_sigma_of_opacus_own_search(target, q, steps, accountant):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    theirs = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps,
+                                  accountant=accountant, epsilon_tolerance=0.005 * target)
+    assert calibrate_noise_multiplier(target, 1e-5, q, steps, accountant) == pytest.approx(theirs, rel=0.01)
+
+
 def test_composition_matches_opacus_stepwise():
     history = [Mechanism(1.1, 0.02, 300, 1.0), Mechanism(2.0, 0.05, 100, 0.1)]
     acc = RDPAccountant()
@@ -69,15 +79,31 @@ def test_calibration_searches_once_per_mechanism(monkeypatch):
     import fedsynth.common.privacy.accounting as accounting
 
     calls = []
-    real = accounting.get_noise_multiplier
+    real = accounting._search_sigma
 
-    def counting(**kwargs):
-        calls.append(kwargs)
-        return real(**kwargs)
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
 
-    monkeypatch.setattr(accounting, "get_noise_multiplier", counting)
+    monkeypatch.setattr(accounting, "_search_sigma", counting)
     first = calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 77)
     assert calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 77) == first
     assert len(calls) == 1
     assert calibrate_noise_multiplier(1.234, 1e-5, 0.0123, 308) > first  # four times the steps need more noise
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("q,steps", [(0.5, 10), (1.0, 3), (0.01, 500)])
+def test_a_huge_target_gets_the_least_noise_the_search_offers_and_an_honest_epsilon(q, steps):
+    """ε = 10⁴ would ask for σ ≈ 0.05, where one PRV evaluation runs for minutes: the search stops at
+    MIN_SIGMA, within the target, and the ε that σ gives is the one a claim records."""
+    from fedsynth.common.privacy.accounting import MIN_SIGMA
+
+    sigma = calibrate_noise_multiplier(1e4, 1e-5, q, steps)
+    assert MIN_SIGMA <= sigma <= 2 * MIN_SIGMA
+    assert epsilon_of_history([Mechanism(sigma, q, steps, 1.0)], 1e-5) <= 1e4
+
+
+def test_a_budget_that_needs_more_noise_than_the_search_allows_is_refused():
+    with pytest.raises(ValueError, match="privacy budget is too low"):
+        calibrate_noise_multiplier(1e-6, 1e-5, 1.0, 10**5, "rdp")
