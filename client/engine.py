@@ -220,9 +220,9 @@ def distill(
     started = time.time()
     config = config.resolved()  # 'auto' settings take their values at this ε, and the claim records those
     validate(dataset, config)
-    the_plan = plan(dataset, config)
     dev = resolve_device(device)
-    probe(dataset, config, dev)
+    probe(dataset, config, dev)  # before the plan: a network that cannot run is refused before σ's search
+    the_plan = plan(dataset, config)
     label = dataset_label or dataset.name
     config_dict = json.loads(json.dumps(json_safe(asdict(config))))  # strict JSON, as it is compared on resume
     num_classes, (channels, size, _) = dataset.num_classes, dataset.image_shape

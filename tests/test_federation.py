@@ -23,6 +23,9 @@ TINY = ('dataset="mnist5k" front-end="none" steps=6 inner-steps=2 width=8 ipc=2 
         'connect-timeout=30 timeout=600 epsilon=8.0')
 ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global_model.safetensors",
              "synthetic_pool.safetensors", "synthetic_pool.png")
+# one CPU (and one torch thread, which Ray sets) per site: two tiny sites at once on two cores instead of
+# one site at a time with two threads
+TWO_AT_ONCE = "client-resources-num-cpus=1"
 FLOWER_PROCESS = re.compile(r"flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server")
 
 
@@ -61,7 +64,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 '
                         f'output-dir="{out}" keys-dir="{tmp_path / "keys"}" sites-dir="{home}" '
                         f'anchors-file="{tmp_path / "anchors.json"}"',
-                        timeout=900)
+                        timeout=900, federation_config=TWO_AT_ONCE)
     assert rc == 0
     for name in ARTIFACTS:
         assert (out / name).exists(), name
@@ -98,7 +101,8 @@ def test_a_scatter_round_pools_images_with_soft_labels_and_combines_the_sites_he
     scatter = TINY.replace('front-end="none"', 'front-end="scatter"')
     rc = run_simulation(ROOT, 2, scatter + ' head-epochs=2.0 head-batch=200.0 synthesis-steps=5 '
                         f'min-sites=2 expected-sites=2 output-dir="{out}" keys-dir="{tmp_path / "keys"}" '
-                        f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "anchors.json"}"', timeout=900)
+                        f'sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "anchors.json"}"', timeout=900,
+                        federation_config=TWO_AT_ONCE)
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["front_end"] == "scatter" and metrics["sites_accepted"] == 2
@@ -157,7 +161,7 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     rc = run_simulation(app, 4, late + f' min-sites=2 expected-sites=4 output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
                         f'anchors-file="{tmp_path / "a.json"}"', timeout=900,
-                        federation_config="client-resources-num-cpus=1")
+                        federation_config=TWO_AT_ONCE)
     assert rc == 0 and time.monotonic() - started < 850
     metrics = json.loads((out / "metrics.json").read_text())
     timed_out = [s for s in metrics["sites"] if s["reason"] == "no reply before the timeout"]
@@ -190,7 +194,7 @@ def test_hostile_replies_are_rejected_and_the_honest_sites_round_completes(tmp_p
     sites = 2 + len(HOSTILE_REASONS)
     rc = run_simulation(app, sites, TINY + f' min-sites=2 expected-sites={sites} output-dir="{out}" '
                         f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" '
-                        f'anchors-file="{tmp_path / "anchors.json"}"', timeout=900)
+                        f'anchors-file="{tmp_path / "anchors.json"}"', timeout=900, federation_config=TWO_AT_ONCE)
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["sites_accepted"] == 2
