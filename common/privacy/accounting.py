@@ -90,7 +90,11 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
     # it tried, where its bound is looser than it could be but still an upper bound (the claim stays valid)
     with numpy.errstate(divide="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
-        return float(acc.get_epsilon(delta=delta))
+        try:
+            return float(acc.get_epsilon(delta=delta))
+        except MemoryError:  # PRV's grid at extreme settings asks for tens of GiB: refuse in one line
+            raise ValueError(f"the {accountant} accountant cannot evaluate this history in memory "
+                             f"(σ, q, steps = {history[:3]}); choose another accountant or fewer steps") from None
 
 
 def calibrate_noise_multiplier(

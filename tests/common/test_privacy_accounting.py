@@ -107,3 +107,15 @@ def test_a_huge_target_gets_the_least_noise_the_search_offers_and_an_honest_epsi
 def test_a_budget_that_needs_more_noise_than_the_search_allows_is_refused():
     with pytest.raises(ValueError, match="privacy budget is too low"):
         calibrate_noise_multiplier(1e-6, 1e-5, 1.0, 10**5, "rdp")
+
+
+def test_an_accountant_out_of_memory_is_a_one_line_refusal(monkeypatch):
+    """PRV's grid for σ = 1 over 10⁵ full-batch steps asks numpy for 84 GiB; where that allocation fails, the
+    caller gets a ValueError (the CLI's one-line refusal), not a MemoryError. Simulated: a machine that
+    overcommits memory would try to fill it."""
+    def out_of_memory(self, delta, **kwargs):
+        raise MemoryError("Unable to allocate 84.1 GiB")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", out_of_memory)
+    with pytest.raises(ValueError, match="cannot evaluate this history in memory"):
+        epsilon_of_history([Mechanism(1.0, 1.0, 10**5, 1.0)], 1e-5, "prv")
