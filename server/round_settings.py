@@ -10,7 +10,7 @@ from fedsynth.server.pool import WEIGHTINGS
 
 # run-config key → (its choices, the server's default when the key is absent; None: the key must be given)
 CHOICES: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "pool-weighting": (WEIGHTINGS, "auto"),
+    "pool-weighting": (WEIGHTINGS, WEIGHTINGS[0]),
     "aggregation": (AGGREGATIONS, AGGREGATIONS[0]),
     "front-end": (FRONT_ENDS, None),  # no fallback: the sites would read the app's own default
 }

@@ -145,12 +145,9 @@ def _search_sigma(target_epsilon: float, delta: float, sample_rate: float, steps
         low, high = low - step, low
         if low < floor:
             return math.exp(high)  # the least noise the search offers; ε is within the target
-    sigma = math.exp(float(brentq(excess, low, high, xtol=1e-4)))
-    for _ in range(20):  # Brent's root may sit a hair on the wrong side: step up until ε is within the target
-        if epsilon_of_history([Mechanism(sigma, sample_rate, steps, 1.0)], delta, accountant) <= target_epsilon:
-            return sigma
-        sigma *= 1.0 + TOLERANCE / 10
-    return math.exp(high)
+    root = float(brentq(excess, low, high, xtol=1e-4))
+    # the root aims half a tolerance below the target; the bracket's noisy end is within it by construction
+    return math.exp(root if excess(root) <= -math.log1p(-TOLERANCE / 2) else high)  # ε(root) ≤ target
 
 
 def _gaussian_dp_guess(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
