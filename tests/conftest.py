@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import pytest
 import torch
 
 from fedsynth.common.data import ImageDataset, load_mnist5k
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker computes on one thread: two workers with two threads each on two
+    cores spin against each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Small builders the tests share: a valid claim for a set, and a signed upload record of it."""
+"""Small builders the tests share: a valid claim for a set, a signed upload record of it, and the
+simulation setting that runs two tiny sites at once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from fedsynth.common.payload import to_record
 from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
 from fedsynth.common.signing import sign
 from fedsynth.common.synthetic_set import content_hash, quantise
+
+# Flower simulation setting: one CPU (and one torch thread, which Ray sets) per site: two tiny sites at once
+# on two cores instead of one site at a time with two threads
+TWO_AT_ONCE = "client-resources-num-cpus=1"
 
 
 def grid_set(per_class: int = 2, classes: int = 10, shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0):

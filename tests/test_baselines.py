@@ -6,6 +6,7 @@ import pytest
 
 from fedsynth.common.simulation import run_simulation, write_app_variant
 from fedsynth.server.fedavg_server_app import BASELINE_COMPONENTS, BASELINE_CONFIG
+from helpers import TWO_AT_ONCE
 
 TINY = ('dataset="mnist5k" rounds=2 local-epochs=1 batch-size=32 width=8 lr=0.05 expected-sites=3 '
         'timeout=600 seed=0')
@@ -18,7 +19,7 @@ def test_fedavg_rounds_complete_and_dp_sites_end_at_the_target(tmp_path, epsilon
     out = tmp_path / "out"
     tiny = TINY if front_end == "none" else TINY.replace("batch-size=32", "batch-size=512").replace("lr=0.05", "lr=0.4")
     rc = run_simulation(app, 3, tiny + f' epsilon={epsilon} front-end="{front_end}" output-dir="{out}"',
-                        timeout=900, federation_config="client-resources-num-cpus=1")
+                        timeout=900, federation_config=TWO_AT_ONCE)
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rounds"] == 2 and len(metrics["accuracy_per_round"]) == 2 and metrics["sites"] == 3

@@ -17,30 +17,38 @@ from fedsynth.common.privacy.accounting import Mechanism
 from fedsynth.common.signing import generate_signing_key, load_private_key
 from fedsynth.common.simulation import run_simulation
 from fedsynth.server.pool import choose_weighting
+from helpers import TWO_AT_ONCE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ('dataset="mnist5k" front-end="none" steps=6 inner-steps=2 width=8 ipc=2 eval-epochs=40 eval-width=32 '
         'connect-timeout=30 timeout=600 epsilon=8.0')
 ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global_model.safetensors",
              "synthetic_pool.safetensors", "synthetic_pool.png")
-# one CPU (and one torch thread, which Ray sets) per site: two tiny sites at once on two cores instead of
-# one site at a time with two threads
-TWO_AT_ONCE = "client-resources-num-cpus=1"
 FLOWER_PROCESS = re.compile(r"flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server")
 
 
-def _leftovers(wait: float = 0.0):
-    """Flower and Ray processes still running (after waiting up to `wait` s for them to finish exiting).
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    try:
+        return proc.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return {}
+
+
+def _leftovers(home: Path, wait: float = 0.0) -> list[str]:
+    """Flower and Ray processes of this test's run still running (after waiting up to `wait` s for them to
+    finish exiting). A process is this run's when it inherited the test's FEDSYNTH_HOME, so runs of other
+    tests at the same time (pytest-xdist) are not counted.
 
     Zombies are left out: they have exited, and reaping an orphan is init's job (a container's PID 1
     may never do it), not something the simulation can leave running.
     """
     deadline = time.monotonic() + wait
     while True:
-        running = ((proc.info["pid"], " ".join(proc.info["cmdline"] or []))
+        running = ((proc.info["pid"], " ".join(proc.info["cmdline"] or []), proc)
                    for proc in psutil.process_iter(["pid", "cmdline", "status"])
                    if proc.info["status"] != psutil.STATUS_ZOMBIE)
-        out = sorted(f"{pid} {cmdline}" for pid, cmdline in running if FLOWER_PROCESS.search(cmdline))
+        out = sorted(f"{pid} {cmdline}" for pid, cmdline, proc in running
+                     if FLOWER_PROCESS.search(cmdline) and _environ(proc).get("FEDSYNTH_HOME") == str(home))
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(1.0)
@@ -58,7 +66,6 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     corrupt = home / "site-2" / "ledger.jsonl"
     corrupt.parent.mkdir(parents=True)
     corrupt.write_text("{not a ledger}\n")
-    before = _leftovers()
 
     out = tmp_path / "out"
     rc = run_simulation(ROOT, 4, TINY + f' batch-per-class=48 pool-weighting="matched" min-sites=2 expected-sites=4 '
@@ -90,7 +97,7 @@ def test_round_completes_with_the_sites_that_can_answer(tmp_path, monkeypatch):
     assert pool["images"].shape == (2 * 2 * 10, 1, 28, 28)
     assert pool["weights"].shape == (2 * 2 * 10,) and pool["weights"].mean() == pytest.approx(1.0, rel=1e-5)
     assert "| site-1 |" in (out / "privacy_report.md").read_text()
-    assert _leftovers(wait=30) == before  # nothing left running
+    assert _leftovers(tmp_path / "home", wait=30) == []  # nothing left running
 
 
 @pytest.mark.slow
@@ -152,7 +159,6 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     monkeypatch.setenv("FEDSYNTH_HOME", str(tmp_path / "home"))
     app = app_with_faults(tmp_path, "hang-partition = -1\nhang-seconds = 0\n")
     out = tmp_path / "out"
-    before = _leftovers()
     started = time.monotonic()
     # site-1 answers only after 150 s, the server waits 120 s; one CPU per site so that two run at once
     # (the late site holds one worker, the others use the other). Flower's simulation runtime ends only
@@ -170,7 +176,7 @@ def test_a_site_that_answers_too_late_is_left_out_and_the_round_completes(tmp_pa
     # the app's default weighting, resolved by the recorded median run SNR
     assert metrics["pool_weighting_asked"] == "auto"
     assert metrics["pool_weighting"] == choose_weighting("auto", metrics["pool_run_snr"])
-    assert _leftovers(wait=30) == before  # the late site's worker was stopped too
+    assert _leftovers(tmp_path / "home", wait=30) == []  # the late site's worker was stopped too
 
 
 HOSTILE_REASONS = {  # what each crafted reply of tests/deploy_support/faulty_client_app.py must be rejected for
@@ -220,7 +226,6 @@ def test_sigterm_to_fedsynth_simulate_stops_every_flower_and_ray_process(tmp_pat
     import subprocess
     import sys
 
-    before = _leftovers()
     config = (TINY.replace("steps=6 ", "steps=200 ") + f' min-sites=2 expected-sites=2 output-dir="{tmp_path / "out"}" '
               f'keys-dir="{tmp_path / "keys"}" sites-dir="{tmp_path / "sites"}" anchors-file="{tmp_path / "a.json"}"')
     run = subprocess.Popen([sys.executable, "-m", "fedsynth.client.cli", "simulate", "--sites", "2", "--run-config",
@@ -232,7 +237,9 @@ def test_sigterm_to_fedsynth_simulate_stops_every_flower_and_ray_process(tmp_pat
         if "distilling" in line:
             break
     assert run.poll() is None, "the run ended before it could be interrupted:\n" + "".join(seen[-30:])
-    assert _leftovers() != before
+    running = " ".join(_leftovers(tmp_path / "home"))
+    for part in ("flower-superlink", "flwr-simulation", "raylet", "gcs_server"):  # the filter sees the whole stack
+        assert part in running, part
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
-    assert _leftovers(wait=60) == before
+    assert _leftovers(tmp_path / "home", wait=60) == []

@@ -85,13 +85,13 @@ def register_supernode(link: SuperLink, public_key: Path) -> None:
 
 
 def start_supernode(link: SuperLink, site_dir: Path, node_config: dict, log: Path,
-                    root_certificates: Path | None = None, threads: int = 1) -> subprocess.Popen:
-    """A SuperNode for `site_dir`'s keys. Its ClientApps run `threads` torch threads: the loopback sites share
+                    root_certificates: Path | None = None) -> subprocess.Popen:
+    """A SuperNode for `site_dir`'s keys. Its ClientApps run one torch thread each: the loopback sites share
     one machine's cores, and five sites at the default (all cores each) spend much of the round contending
     for them (four tiny sites at once: 82 s at 2 threads each, 33 s at 1, on 2 cores)."""
     command = supernode_command(site_dir, link.fleet_address, free_port(), node_config,
                                 root_certificates if root_certificates is not None else site_dir / "ca.crt")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as sink:
-        env = {**link.env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {**link.env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
