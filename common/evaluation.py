@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,23 @@ def accuracy(net: torch.nn.Module, test: ImageDataset, device: torch.device = to
         x = to_model_space(test.images[start : start + batch]).to(device)
         correct += int((net(x).argmax(1).cpu() == test.labels[start : start + batch]).sum())
     return correct / max(1, len(test))
+
+
+def front_end_accuracies(models: Sequence[torch.nn.Module], test: ImageDataset, batch: int = 1000) -> list[float]:
+    """Test accuracy of each model on one front end (`FrontEndClassifier`, `FrontEndVote`: its `front_end`, then
+    `classify`), the test images through that front end once: most of an evaluation's time."""
+    front_end = models[0].front_end
+    if any(type(m.front_end) is not type(front_end) or m.front_end.image_shape != front_end.image_shape
+           for m in models):
+        raise ValueError("the models must share one front end")
+    correct = [0] * len(models)
+    with torch.no_grad():
+        for start in range(0, len(test), batch):
+            features = front_end.eval()(test.images[start : start + batch])
+            truth = test.labels[start : start + batch]
+            for i, model in enumerate(models):
+                correct[i] += int((model.eval().classify(features).argmax(1).cpu() == truth).sum())
+    return [c / max(1, len(test)) for c in correct]
 
 
 def evaluate_on_front_end(

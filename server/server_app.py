@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.data import ImageDataset, load_dataset
-from fedsynth.common.evaluation import TrainConfig, accuracy, train_classifier
+from fedsynth.common.evaluation import TrainConfig, accuracy, front_end_accuracies, train_classifier
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
@@ -129,10 +129,11 @@ def main(grid: Grid, context: Context) -> None:
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
                    weights=weights)
         model, combined, joined = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
-        other_accuracy = {f"{other}_accuracy": accuracy(fit_front_end_model(front_end, accepted, **fit,
-                                                                            aggregation=other)[0], test)
-                          for other in AGGREGATIONS if joined and other != combined}
-    acc = accuracy(model, test)
+        others = [other for other in AGGREGATIONS if joined and other != combined]  # recorded beside it
+        scores = front_end_accuracies([model] + [fit_front_end_model(front_end, accepted, **fit, aggregation=other)[0]
+                                                 for other in others], test)
+        other_accuracy = {f"{other}_accuracy": score for other, score in zip(others, scores[1:])}
+    acc = accuracy(model, test) if front_end == "none" else scores[0]
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,

@@ -23,8 +23,12 @@ class FrontEndClassifier(torch.nn.Module):
         super().__init__()
         self.front_end, self.head = front_end, head
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the front end's features (`front_end_accuracies` computes them once for many models)."""
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.front_end(to_pixel_space(x)))
+        return self.classify(self.front_end(to_pixel_space(x)))
 
 
 def targets(labels: torch.Tensor, num_classes: int, soft_labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -38,11 +38,15 @@ class FrontEndVote(torch.nn.Module):
         self.front_end, self.heads = front_end, heads  # heads: D → S·K logits, site-major
         self.register_buffer("weights", weights.float())  # [S, K]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The vote's log-scores from the front end's features."""
         sites, classes = self.weights.shape
-        logits = self.heads(self.front_end(to_pixel_space(x))).view(-1, sites, classes)
+        logits = self.heads(features).view(-1, sites, classes)
         scores = (torch.softmax(logits, -1) * self.weights).sum(1)
         return torch.log(scores.clamp_min(1e-30)) - torch.log(scores.sum(1, keepdim=True).clamp_min(1e-30))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.front_end(to_pixel_space(x)))
 
     @classmethod
     def from_maps(cls, front_end: torch.nn.Module, maps: list[torch.Tensor], counts: torch.Tensor) -> "FrontEndVote":

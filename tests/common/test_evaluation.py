@@ -6,7 +6,7 @@ import torch
 import fedsynth.common.evaluation as evaluation
 from fedsynth.common.augment import Augmenter
 from fedsynth.common.data import load_mnist5k
-from fedsynth.common.evaluation import TrainConfig, evaluate_synthetic
+from fedsynth.common.evaluation import TrainConfig, accuracy, evaluate_synthetic, front_end_accuracies
 
 FAST = dict(epochs=15, width=16, depth=2)
 
@@ -69,3 +69,23 @@ def test_evaluate_trains_with_the_weights_it_is_given(tiny_mnist):
     result = evaluate_synthetic(tiny_mnist.images, tiny_mnist.labels, test, seeds=1, config=TrainConfig(**FAST),
                                 progress=False, weights=weights)
     assert result["weighted"] is True and result["accuracy_mean"] < 0.2
+
+
+def test_front_end_accuracies_score_each_model_as_its_own_forward_does(tiny_mnist):
+    """One pass of the test set through the shared front end scores a ridge head and a two-site vote exactly
+    as `accuracy` (each model's own front end, its forward) does; models on different front ends are refused."""
+    from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.front_end.fit import fit_head
+    from fedsynth.common.front_end.vote import fit_vote
+
+    fe = build_front_end("scatter", (1, 28, 28))
+    images, labels = tiny_mnist.images[::3], tiny_mnist.labels[::3]
+    soft = torch.nn.functional.one_hot(labels, 10).float() * 0.9 + 0.01
+    head = fit_head(fe, images, labels, 10, soft)
+    sites = torch.arange(len(labels)) % 2
+    vote = fit_vote(fe, images, labels, soft, sites, torch.ones(2, 10), 10, torch.tensor([1.0, 2.0]))
+    got = front_end_accuracies([head, vote], tiny_mnist, batch=64)
+    assert got == [accuracy(head, tiny_mnist), accuracy(vote, tiny_mnist)]
+    assert got[0] != got[1]  # two different models: the scores are not one model's read twice
+    with pytest.raises(ValueError, match="share one front end"):
+        front_end_accuracies([head, fit_head(build_front_end("none", (1, 28, 28)), images, labels, 10)], tiny_mnist)
