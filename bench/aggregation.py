@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,9 +112,10 @@ def table(rows: list[dict]) -> str:
              "|---|---|" + "---|" * len(epsilons)]
     for rule in sorted({r["rule"] for r in rows}, key=RULES.index):
         cells = []
-        for e in epsilons:
-            found = [r for r in rows if r["rule"] == rule and r["epsilon"] == e]
-            cells.append(percent(found[0]["accuracy"]) if found else "—")
+        for e in epsilons:  # mean ± std over the partition seeds measured, their number in brackets
+            found = [r["accuracy"] for r in rows if r["rule"] == rule and r["epsilon"] == e]
+            cells.append("—" if not found else percent(found[0]) if len(found) == 1 else
+                         f"{percent(statistics.fmean(found), statistics.stdev(found))} ({len(found)})")
         uses = "released only" if next(r for r in rows if r["rule"] == rule)["released_only"] else "true counts"
         lines.append(f"| {rule} | {uses} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
