@@ -97,13 +97,15 @@ def front_end_accuracies(models: Sequence[torch.nn.Module], test: ImageDataset, 
     if any(type(m.front_end) is not type(front_end) or m.front_end.image_shape != front_end.image_shape
            for m in models):
         raise ValueError("the models must share one front end")
+    for model in models:
+        model.eval()
     correct = [0] * len(models)
     with torch.no_grad():
         for start in range(0, len(test), batch):
-            features = front_end.eval()(test.images[start : start + batch])
+            features = front_end(test.images[start : start + batch])
             truth = test.labels[start : start + batch]
             for i, model in enumerate(models):
-                correct[i] += int((model.eval().classify(features).argmax(1).cpu() == truth).sum())
+                correct[i] += int((model.classify(features).argmax(1).cpu() == truth).sum())
     return [c / max(1, len(test)) for c in correct]
 
 

@@ -124,16 +124,15 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-        combined, other_accuracy, joined = None, {}, {}
+        combined, other_accuracy, joined, acc = None, {}, {}, accuracy(model, test)
     else:  # the sites' heads on their front end, recovered from their soft labels, joined by `aggregation`
         fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
                    weights=weights)
         model, combined, joined = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
         others = [other for other in AGGREGATIONS if joined and other != combined]  # recorded beside it
-        scores = front_end_accuracies([model] + [fit_front_end_model(front_end, accepted, **fit, aggregation=other)[0]
-                                                 for other in others], test)
-        other_accuracy = {f"{other}_accuracy": score for other, score in zip(others, scores[1:])}
-    acc = accuracy(model, test) if front_end == "none" else scores[0]
+        rivals = [fit_front_end_model(front_end, accepted, **fit, aggregation=other)[0] for other in others]
+        acc, *scores = front_end_accuracies([model, *rivals], test)
+        other_accuracy = {f"{other}_accuracy": score for other, score in zip(others, scores)}
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,

@@ -27,13 +27,6 @@ ARTIFACTS = ("metrics.json", "privacy_report.json", "privacy_report.md", "global
 FLOWER_PROCESS = re.compile(r"flower-superlink|flower-superexec|flwr-simulation|raylet|gcs_server")
 
 
-def _environ(proc: psutil.Process) -> dict[str, str]:
-    try:
-        return proc.environ()
-    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-        return {}
-
-
 def _leftovers(home: Path, wait: float = 0.0) -> list[str]:
     """Flower and Ray processes of this test's run still running (after waiting up to `wait` s for them to
     finish exiting). A process is this run's when it inherited the test's FEDSYNTH_HOME, so runs of other
@@ -44,11 +37,11 @@ def _leftovers(home: Path, wait: float = 0.0) -> list[str]:
     """
     deadline = time.monotonic() + wait
     while True:
-        running = ((proc.info["pid"], " ".join(proc.info["cmdline"] or []), proc)
-                   for proc in psutil.process_iter(["pid", "cmdline", "status"])
+        running = ((proc.info["pid"], " ".join(proc.info["cmdline"] or []), proc.info["environ"] or {})
+                   for proc in psutil.process_iter(["pid", "cmdline", "status", "environ"])  # None: not readable
                    if proc.info["status"] != psutil.STATUS_ZOMBIE)
-        out = sorted(f"{pid} {cmdline}" for pid, cmdline, proc in running
-                     if FLOWER_PROCESS.search(cmdline) and _environ(proc).get("FEDSYNTH_HOME") == str(home))
+        out = sorted(f"{pid} {cmdline}" for pid, cmdline, environ in running
+                     if FLOWER_PROCESS.search(cmdline) and environ.get("FEDSYNTH_HOME") == str(home))
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(1.0)
