@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,12 +35,12 @@ OUT = ROOT / "bench" / "results" / "fedavg_sweep.json"
 
 
 def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) -> float:
-    """Test accuracy of the global head after `rounds` rounds of DP-FedAvg."""
+    """Test accuracy of the global head after `rounds` rounds of DP-FedAvg (on the features' device)."""
     from fedsynth.client.head_training import train_head
     from fedsynth.client.local_training import plan_dp_sgd
     from fedsynth.common.models import linear_head
 
-    global_head = linear_head(test[0].shape[1], 10)
+    global_head = linear_head(test[0].shape[1], 10).to(test[0].device)
     plans = [plan_dp_sgd(len(y), BATCH, 1, rounds, epsilon, 1e-5, 1.0) for _, y in sites]
     for r in range(1, rounds + 1):
         state = global_head.state_dict()
@@ -52,6 +53,27 @@ def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) ->
     x_test, y_test = test
     with torch.no_grad():
         return float((global_head(x_test).argmax(1) == y_test).float().mean())
+
+
+def tuned(rows: list[dict], sites: int = 10, alpha: float = 0.5) -> dict[float, dict]:
+    """Per ε, the peer as tuned: the best (rounds, learning rate) on seed 0's partition (picked on the test split,
+    in the peer's favour), with its accuracy over every partition seed measured at that setting."""
+    rows = [r for r in rows if r["sites"] == sites and r["alpha"] == alpha]
+    out = {}
+    for epsilon in sorted({r["epsilon"] for r in rows}):
+        grid = [r for r in rows if r["epsilon"] == epsilon and r["seed"] == 0]
+        if not grid:
+            continue
+        best = max(grid, key=lambda r: r["accuracy"])
+        setting = best["rounds"], best["lr"]
+        runs = sorted((r for r in rows if r["epsilon"] == epsilon and (r["rounds"], r["lr"]) == setting),
+                      key=lambda r: r["seed"])
+        scores = [r["accuracy"] for r in runs]
+        out[epsilon] = {"rounds": best["rounds"], "lr": best["lr"], "settings_tried": len(grid),
+                        "accuracy_mean": statistics.fmean(scores),
+                        "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else None,
+                        "seeds": [r["seed"] for r in runs], "bytes_total": best["bytes_total"]}
+    return out
 
 
 def _row_key(row: dict) -> tuple:
@@ -67,15 +89,14 @@ def _cell(run: dict | None, best: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """One line per (ε, federation, seed): accuracy at every (rounds, lr) of the grid, the best in bold."""
+    """One line per (ε, federation, seed, rounds measured): accuracy at each learning rate, the group's best in bold."""
     lrs = sorted({r["lr"] for r in rows})
-    rounds = sorted({r["rounds"] for r in rows})
     lines = ["| ε | sites (α) | seed | rounds | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
              "|---|---|---|---|" + "---|" * len(lrs)]
     for group in sorted({_row_key(r)[:4] for r in rows}):
         runs = {(r["rounds"], r["lr"]): r for r in rows if _row_key(r)[:4] == group}
         best = max(runs.values(), key=lambda r: r["accuracy"])
-        for n in rounds:
+        for n in sorted({rounds for rounds, _ in runs}):
             cells = [_cell(runs.get((n, lr)), best) for lr in lrs]
             lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -84,9 +105,19 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_federation_arguments(parser)
+    parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
+    parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
+    parser.add_argument("--device", default="cpu", help="where the features and heads live (cpu, cuda)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="rows file; another than the default leaves the RESULTS table alone (for --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="only merge these rows files (shares run elsewhere) into the default one")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the RESULTS table from the JSON")
     args = parser.parse_args()
-    if args.readme_only:
+    if args.merge:
+        merge_rows(OUT, "fedavg_sweep",
+                   [row for path in args.merge for row in read_rows(path)], key=_row_key)
+    if args.merge or args.readme_only:
         update_readme_block("fedavg_sweep", table(read_rows(OUT)))
         return 0
     from fedsynth.common.data import load_fashion_mnist
@@ -95,29 +126,32 @@ def main() -> int:
     from fedsynth.common.privacy.accounting import DEFAULT_ACCOUNTANT
     from fedsynth.common.versions import library_versions
 
+    device = torch.device(args.device)
     train, test = load_fashion_mnist(train=True), load_fashion_mnist(train=False)
-    front_end = build_front_end("scatter", train.image_shape).eval()
-    features, test_features = front_end.features(train.images), front_end.features(test.images)
+    front_end = build_front_end("scatter", train.image_shape).eval().to(device)
+    features, test_features = front_end.features(train.images.to(device)), front_end.features(test.images.to(device))
+    labels, test_labels = train.labels.to(device), test.labels.to(device)
     sites = []
     for k in range(args.sites):
         idx = partition_indices(train.labels, args.sites, k, "dirichlet", args.alpha, args.seed)
-        sites.append((features[idx], train.labels[idx]))
+        sites.append((features[idx], labels[idx]))
     from fedsynth.common.models import linear_head
 
     # the head down and the update up, every round, counted as the Flower baseline's server counts them
     model_bytes = sum(v.numel() * v.element_size() for v in linear_head(features.shape[1], 10).state_dict().values())
     versions, rows = library_versions(), []
-    for epsilon, rounds, lr in itertools.product(args.epsilon, ROUNDS, LEARNING_RATES):
+    for epsilon, rounds, lr in itertools.product(args.epsilon, args.rounds, args.lr):
         started = time.time()
-        acc = run(sites, (test_features, test.labels), rounds, lr, epsilon, args.seed)
-        rows = merge_rows(OUT, "fedavg_sweep", [{
+        acc = run(sites, (test_features, test_labels), rounds, lr, epsilon, args.seed)
+        rows = merge_rows(args.out, "fedavg_sweep", [{
             "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
             "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "batch": BATCH, "local_epochs": 1,
             "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
             "bytes_total": 2 * rounds * args.sites * model_bytes,
-            "seed": args.seed, "versions": versions}], key=_row_key)
+            "device": str(device), "seed": args.seed, "versions": versions}], key=_row_key)
         print(f"ε={epsilon:g} rounds={rounds} lr={lr}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
-        update_readme_block("fedavg_sweep", table(rows))
+        if args.out == OUT:
+            update_readme_block("fedavg_sweep", table(rows))
     print(table(rows))
     return 0
 
