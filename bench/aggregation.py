@@ -59,9 +59,10 @@ def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, 
         mechanism = plan(site, config).mechanism
         secret = 7919 * seed + k + 1
         released = torch.tensor(noisy_class_counts(site.labels, 10, mechanism, secret + 2), dtype=torch.float64)
-        head = train_head(train_features[idx], site.labels, 10, head_mechanism(mechanism), lr=config.head_lr,
-                          momentum=0.9, secret=secret)
-        joint = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double()
+        device = train_features.device  # the heads train where the features lie; the maps come back to the CPU
+        head = train_head(train_features[idx.to(device)], site.labels.to(device), 10, head_mechanism(mechanism),
+                          lr=config.head_lr, momentum=0.9, secret=secret)
+        joint = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double().cpu()
         out.append((joint, torch.bincount(site.labels, minlength=10).double(), released))
         print(f"site {k}: {len(idx)} records, ε = {epsilon:g}", flush=True)
     return out

@@ -25,8 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import (add_federation_arguments, merge_rows, percent, read_rows,  # noqa: E402
-                              update_readme_block)
+from bench.results_io import (add_federation_arguments, add_share_arguments, merge_files, merge_rows,  # noqa: E402
+                              percent, read_rows, update_readme_block)
 
 ROUNDS = (10, 30, 50)
 LEARNING_RATES = (0.2, 0.4, 0.8)
@@ -107,16 +107,11 @@ def main() -> int:
     add_federation_arguments(parser)
     parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
     parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
-    parser.add_argument("--device", default="cpu", help="where the features and heads live (cpu, cuda)")
-    parser.add_argument("--out", type=Path, default=OUT,
-                        help="rows file; another than the default leaves the RESULTS table alone (for --merge)")
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
-                        help="only merge these rows files (shares run elsewhere) into the default one")
+    add_share_arguments(parser, OUT, "where the features and heads live (cpu, cuda)")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the RESULTS table from the JSON")
     args = parser.parse_args()
     if args.merge:
-        merge_rows(OUT, "fedavg_sweep",
-                   [row for path in args.merge for row in read_rows(path)], key=_row_key)
+        merge_files(OUT, "fedavg_sweep", args.merge, key=_row_key)
     if args.merge or args.readme_only:
         update_readme_block("fedavg_sweep", table(read_rows(OUT)))
         return 0

@@ -43,6 +43,21 @@ def add_federation_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def add_share_arguments(parser, out: Path, device_help: str) -> None:
+    """Flags of an in-process bench whose grid can be split into shares run elsewhere (one process each, on a
+    GPU say) and merged back: --device, --out (its own rows file) and --merge (the shares into `out`)."""
+    parser.add_argument("--device", default="cpu", help=device_help)
+    parser.add_argument("--out", type=Path, default=out,
+                        help="rows file; another than the default leaves the RESULTS table alone (for --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="only merge these rows files (shares run elsewhere) into the default one")
+
+
+def merge_files(path: Path, benchmark: str, parts: list[Path], key: Callable[[dict], Any]) -> list[dict]:
+    """Merge the rows of `parts` (shares of a benchmark run elsewhere, each with its own `--out`) into `path`."""
+    return merge_rows(path, benchmark, [row for part in parts for row in read_rows(part)], key)
+
+
 def percent(mean: float, std: float | None = None) -> str:
     """An accuracy (fraction) as "71.0 ± 0.4" in %; the spread left off where there is none (one seed)."""
     return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")

@@ -8,11 +8,14 @@ rule on the sets beside the same rule on the heads themselves (the ceiling a set
 bench/results/synthesis.json and the RESULTS block `synthesis`:
 
     .venv/bin/python bench/synthesis.py --epsilon 1 --settings 300:0.2 300:0
+    python bench/synthesis.py --device cuda --epsilon 1 --seed 1 --settings 300:0:20 --out /tmp/part.json  # a share
+    .venv/bin/python bench/synthesis.py --merge /tmp/part*.json                                          # shares in
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -24,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.aggregation import accuracy, features, site_heads, vote_on_features  # noqa: E402
-from bench.results_io import add_federation_arguments, app_run_config, merge_rows, percent, read_rows  # noqa: E402
+from bench.results_io import add_federation_arguments, app_run_config, merge_files, merge_rows, percent  # noqa: E402
+from bench.results_io import add_share_arguments, read_rows  # noqa: E402
 from bench.results_io import app_head_settings, update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "synthesis.json"
@@ -41,9 +45,11 @@ def _key(row: dict) -> tuple:
     return row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"]
 
 
-def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int) -> tuple:
-    """A site's set synthesised from its head `joint` [K, D+1] as the engine does, and the head the server
-    recovers from that set (scaled back by the temperature); with the seconds the synthesis took."""
+def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int,
+                  device: torch.device = torch.device("cpu")) -> tuple:
+    """A site's set synthesised from its head `joint` [K, D+1] as the engine does (on `device`), and the head
+    the server recovers from that set on the CPU (scaled back by the temperature); with the seconds the
+    synthesis took."""
     from fedsynth.client.feature_synthesis import synthesise, soft_labels
     from fedsynth.client.random_streams import generator
     from fedsynth.common.front_end.fit import fit_head
@@ -57,8 +63,9 @@ def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: fl
     labels = torch.arange(k).repeat_interleave(setting["ipc"])
     initial = torch.randn(len(labels), 1, 28, 28, generator=generator(seed)) * 0.5  # the engine's public start
     started = time.time()
-    images = quantise(synthesise(head, front_end, labels, steps=setting["synthesis_steps"], lr=0.05,
-                                 initial=initial, class_pull=setting["class_pull"]))
+    images = quantise(synthesise(copy.deepcopy(head).to(device), copy.deepcopy(front_end).to(device), labels.to(device),
+                                 steps=setting["synthesis_steps"], lr=0.05, initial=initial.to(device),
+                                 class_pull=setting["class_pull"]))
     seconds = time.time() - started
     soft = soft_labels(head, front_end, images, temperature)
     fitted = fit_head(front_end, images, labels, k, soft).head
@@ -89,8 +96,11 @@ def main() -> int:
     add_federation_arguments(parser)
     parser.add_argument("--settings", nargs="+", metavar="STEPS:CLASS_PULL[:IPC]", default=[])
     parser.add_argument("--threads", type=int, default=2)
+    add_share_arguments(parser, OUT, "where the heads train and the images are synthesised (cpu, cuda)")
     args = parser.parse_args()
-    if args.settings:
+    if args.merge:
+        merge_files(OUT, "synthesis", args.merge, key=_key)
+    elif args.settings:
         from fedsynth.common.data import load_fashion_mnist
         from fedsynth.common.front_end import build_front_end
         from fedsynth.common.front_end.consensus import consensus
@@ -99,8 +109,11 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         app = app_run_config()
         train, test = load_fashion_mnist(True), load_fashion_mnist(False)
+        device = torch.device(args.device)
         front_end = build_front_end("scatter", train.image_shape).eval()
-        train_features, test_features = features(front_end, train.images), features(front_end, test.images)
+        on_device = copy.deepcopy(front_end).to(device)
+        train_features = features(on_device, train.images.to(device))
+        test_features = features(on_device, test.images.to(device)).cpu()
         for epsilon in args.epsilon:
             head = app_head_settings(epsilon)
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **head)
@@ -110,7 +123,7 @@ def main() -> int:
             for text in args.settings:
                 setting = synthesis_setting(text)
                 recovered, seconds = zip(*(recovered_map(h, front_end, setting, float(app["temperature"]),
-                                                         1000 * args.seed + k) for k, h in enumerate(maps)))
+                                                         1000 * args.seed + k, device) for k, h in enumerate(maps)))
                 row = {"epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5, "sites": args.sites,
                        "alpha": args.alpha, "seed": args.seed, "front_end": "scatter",
                        "heads_mean": sum(accuracy(m, test_features, test.labels) for m in maps) / len(maps),
@@ -119,14 +132,16 @@ def main() -> int:
                        "consensus_sets": accuracy(consensus(list(recovered), released), test_features, test.labels),
                        "vote_heads": accuracy(vote_on_features(maps, counts), test_features, test.labels),
                        "vote_sets": accuracy(vote_on_features(list(recovered), counts), test_features, test.labels),
-                       "seconds_per_site": sum(seconds) / len(seconds), "versions": library_versions(),
+                       "seconds_per_site": sum(seconds) / len(seconds), "device": str(device),
+                       "versions": library_versions(),
                        "config": {**head, **setting, "temperature": float(app["temperature"]),
                                   "server_rule": "pairwise consensus, released counts"}}
                 print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
-                merge_rows(OUT, "synthesis", [row], key=_key)
-    rows = read_rows(OUT)
+                merge_rows(args.out, "synthesis", [row], key=_key)
+    rows = read_rows(args.out)
     print(table(rows))
-    update_readme_block("synthesis", table(rows))
+    if args.out == OUT:
+        update_readme_block("synthesis", table(rows))
     return 0
 
 
