@@ -300,8 +300,9 @@ def design_table(rows: list[dict]) -> str:
         point = (*design(r), r["ipc"], math.inf if r["epsilon"] is None else r["epsilon"], device_kind(r))
         if point not in best or r["accuracy_mean"] > best[point]["accuracy_mean"]:
             best[point] = r
-    lines = ["| front end | released through | images matched at | labels | IPC | ε | accuracy % | best profile "
-             "| distill time | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| front end | released through | images matched at | labels | IPC | ε | accuracy % | bytes "
+             "| best profile | distill time | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
     def order(point: tuple) -> tuple:  # ScatterNet first, then the matching networks by width
         return (point[0] != "ScatterNet", (best[point].get("config") or {}).get("width", 0), *point[2:])
 
@@ -309,7 +310,8 @@ def design_table(rows: list[dict]) -> str:
         r = best[point]
         eps = "∞" if math.isinf(point[5]) else f"{point[5]:g}"
         lines.append(f"| {' | '.join(point[:4])} | {point[4]} | {eps} "
-                     f"| {percent(r['accuracy_mean'], r['accuracy_std'])} | {r['profile']} "
+                     f"| {percent(r['accuracy_mean'], r['accuracy_std'])} | {r['bytes_total'] / 1024:.0f} KiB "
+                     f"| {r['profile']} "
                      f"| {r['seconds'] / 60:.1f} min | {point[6]} |")
     return "\n".join(lines)
 
