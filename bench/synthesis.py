@@ -77,14 +77,14 @@ def _cell(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| ε | synthesis steps | class pull (share of steps) | IPC | each site's set / its own head | "
-             "consensus of the sets | consensus of the heads | vote of the sets | vote of the heads | "
-             "seconds per site |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| ε | partition seed | synthesis steps | class pull (share of steps) | IPC | "
+             "each site's set / its own head | consensus of the sets | consensus of the heads | vote of the sets | "
+             "vote of the heads | seconds per site |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        lines.append(f"| {epsilon} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
+        lines.append(f"| {epsilon} | {r['seed']} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
                      f"{percent(r['consensus_heads'])} | {_cell(r.get('vote_sets'))} | {_cell(r.get('vote_heads'))} | "
                      f"{r['seconds_per_site']:.0f} |")
