@@ -281,13 +281,11 @@ def table(rows: list[dict]) -> str:
 def design(row: dict) -> tuple[str, str, str, str]:
     """A row's place in the design space: front end, the network its releases are matched through, what the
     images are matched at, and the labels they carry."""
-    config = row.get("config") or {}
+    config, labels = row.get("config") or {}, "soft" if row.get("soft_labels") else "hard"
     if row.get("front_end", "none") == "scatter":
-        return "ScatterNet", "linear head, one DP-SGD run", "the DP head's logit map (span)", \
-            "soft" if row.get("soft_labels") else "hard"
+        return "ScatterNet", "linear head, one DP-SGD run", "the DP head's logit map (span)", labels
     matched_at = "a replayed trajectory" if config.get("replay_epochs") else "random network draws"
-    return "pixels", f"ConvNet-{config.get('width', 128)}, gradient matching", matched_at, \
-        "soft" if row.get("soft_labels") else "hard"
+    return "pixels", f"ConvNet-{config.get('width', 128)}, gradient matching", matched_at, labels
 
 
 def design_table(rows: list[dict]) -> str:
