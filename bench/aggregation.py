@@ -34,7 +34,8 @@ OUT = ROOT / "bench" / "results" / "aggregation.json"
 HEADS_OUT = ROOT / "bench" / "results" / "site_heads.json"
 RULES = ("each site's own head (mean)", "plain average", "average weighted by site size",
          "class rows weighted by class counts (true)", "pairwise consensus, released counts",
-         "pairwise consensus, true counts", "class-wise vote, released counts")
+         "pairwise consensus, true counts", "class-wise vote, released counts",
+         "vote gated per input, released counts")
 
 
 def features(front_end, images: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,7 @@ def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
     """Each rule's combined map (or, for the vote, its model on features) and whether it uses only released
     information."""
     from fedsynth.common.front_end.consensus import consensus
+    from fedsynth.common.front_end.vote import GATE_ITERATIONS
 
     maps = [h for h, _, _ in heads]
     true = torch.stack([n for _, n, _ in heads])
@@ -85,14 +87,16 @@ def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
         "pairwise consensus, released counts": (consensus(maps, list(released)), True),
         "pairwise consensus, true counts": (consensus(maps, list(true)), False),
         "class-wise vote, released counts": (vote_on_features(maps, released), True),
+        "vote gated per input, released counts": (vote_on_features(maps, released, GATE_ITERATIONS), True),
     }
 
 
-def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor) -> torch.nn.Module:
-    """The server's class-wise vote (common/front_end/vote.py) of the heads `maps` [K, D + 1], on features."""
+def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor, gate_iterations: int = 0) -> torch.nn.Module:
+    """The server's class-wise vote (common/front_end/vote.py; gated per input with `gate_iterations`) of the heads
+    `maps` [K, D + 1], on features."""
     from fedsynth.common.front_end.vote import FrontEndVote
 
-    return FrontEndVote.from_maps(torch.nn.Identity(), maps, counts)
+    return FrontEndVote.from_maps(torch.nn.Identity(), maps, counts, gate_iterations)
 
 
 def accuracy(joint: torch.Tensor | torch.nn.Module, test_features: torch.Tensor, labels: torch.Tensor) -> float:

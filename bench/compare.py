@@ -80,7 +80,7 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
             "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
             "union_accuracy": m.get("union_accuracy"), "consensus_accuracy": m.get("consensus_accuracy"),
-            "vote_accuracy": m.get("vote_accuracy"),
+            "vote_accuracy": m.get("vote_accuracy"), "gated_accuracy": m.get("gated_accuracy"),
             **_pool_choice(m)}
 
 
@@ -120,7 +120,8 @@ def from_federation_bench(sites: int, partition: str, alpha: float, epsilon: flo
         if (row["sites"] == sites and row["partition"] == partition and row["epsilon"] == epsilon
                 and row["seed"] == seed and (partition != "dirichlet" or row["alpha"] == alpha)
                 and row["dataset"] == DATASET["name"] and row.get("site_seeding") == "per-site"
-                and all(_ran_with(config, k) == defaults[k] for k in ENGINE_KEYS)):
+                and all(_ran_with(config, k) == defaults[k] for k in ENGINE_KEYS)
+                and (FRONT_END["name"] == "none" or _aggregation_of(row) == _today_aggregation())):
             return {"method": "fedsynth", "accuracy_mean": row["accuracy_mean"], "rounds": 1,
                     "bytes_total": row["bytes_total"], "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"],
                     "max_site_epsilon": row["max_site_epsilon"], "sites_accepted": row["sites_accepted"],

@@ -219,7 +219,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise SetError(f"{args.set}: {problem}")
         result = evaluate_on_front_end(synthetic.images, synthetic.labels, test, "scatter" if front_end == "none"
                                        else front_end, synthetic.soft_labels, weights, synthetic.sites,
-                                       synthetic.class_counts, synthetic.temperatures)
+                                       synthetic.class_counts, synthetic.temperatures, synthetic.aggregation)
         trained = f"a linear head on the {result['train_config']['model'].split()[0]} front end"
     else:
         config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)

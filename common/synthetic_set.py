@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fedsynth.common.claim import MAX_TEMPERATURE, Claim, ClaimError
@@ -45,6 +45,7 @@ class SyntheticSet:
     sites: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     temperatures: torch.Tensor | None = None  # per site, its soft labels' temperature: the round voted (vote.py)
+    aggregation: str | None = None  # how a pool's round joined its sites' heads (POOL_AGGREGATIONS), if recorded
 
     @property
     def classes(self) -> list[str]:
@@ -193,6 +194,9 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
 
 CONSENSUS = ("sites", "class_counts")  # a pool file's tensors for `fedsynth.common.front_end.consensus`
 VOTE = "temperatures"  # with CONSENSUS: the round's model was `fedsynth.common.front_end.vote`
+POOL_AGGREGATION = "aggregation"  # a pool file's metadata key: the rule that joined the sites' heads
+# each rule a pool file may record, and the tensor it needs beyond CONSENSUS
+POOL_AGGREGATIONS = {"gated": VOTE, "vote": VOTE, "consensus": None}
 MAX_POOL_SITES = 4096  # rows of class_counts: the vote holds one head per site
 
 
@@ -259,6 +263,7 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
         raise SetError(f"{file}: 'temperatures' comes with 'sites' and 'class_counts'")
     if temperatures is not None and (problem := temperatures_problem(temperatures, counts)):
         raise SetError(f"{file}: {problem}")
+    aggregation = _pool_aggregation(file, sites is not None, temperatures is not None)
     claim_file = file.parent / CLAIM_FILE
     claim = None
     if claim_file.is_file():
@@ -266,4 +271,22 @@ def load_synthetic_set(path: str | os.PathLike) -> SyntheticSet:
             claim = Claim.from_json(read_regular_file(claim_file, 1 << 20))
         except (ClaimError, OSError):
             claim = None
-    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft, sites, counts, temperatures)
+    return SyntheticSet(tensors["images"], tensors["labels"], claim, weights, soft, sites, counts, temperatures,
+                        aggregation)
+
+
+def _pool_aggregation(file: Path, joined: bool, voted: bool) -> str | None:
+    """The rule a pool file records (its metadata), checked against the tensors it holds; a file that records
+    none is read as it was written before the rule was recorded: `vote` with temperatures, else `consensus`."""
+    try:
+        with safe_open(str(file), "pt") as handle:
+            recorded = (handle.metadata() or {}).get(POOL_AGGREGATION)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
+    if recorded is None:
+        return None if not joined else "vote" if voted else "consensus"
+    if recorded not in POOL_AGGREGATIONS or not joined or (POOL_AGGREGATIONS[recorded] == VOTE) != voted:
+        raise SetError(f"{file}: aggregation {one_line(recorded, 40)!r} does not match the file's tensors "
+                       f"(one of {', '.join(POOL_AGGREGATIONS)}, with 'sites' and 'class_counts'; the votes "
+                       "with 'temperatures')")
+    return recorded

@@ -1,8 +1,9 @@
 """The global model of a front-end round: the sites' heads on their front end, each recovered in closed form.
 
 When every accepted site released its noisy class counts, the sites' heads (each recovered from its own
-set) are joined by the server's `aggregation`: `vote` (the default; `fedsynth.common.front_end.vote`: each
-class scored by the sites that held it) or `consensus` (one linear head, `fedsynth.common.front_end.consensus`);
+set) are joined by the server's `aggregation`: `gated` (the default; `fedsynth.common.front_end.vote` with
+each site's say gated per input by how likely the input is among its records), `vote` (each class scored
+by the sites that held it) or `consensus` (one linear head, `fedsynth.common.front_end.consensus`);
 otherwise, or with `union`, one ridge head is fitted to the union of the sets.
 A site's counts weigh its head, so they are capped at the records its sample rate implies
 (head-batch / q, the round's head-batch): a site cannot outweigh the others by claiming more.
@@ -15,12 +16,13 @@ from typing import Sequence
 import torch
 
 from fedsynth.common.front_end import build_front_end
-from fedsynth.common.front_end.consensus import fit_consensus
-from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head
-from fedsynth.common.front_end.vote import FrontEndVote, fit_vote
+from fedsynth.common.front_end.consensus import consensus_of_maps
+from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head, fit_site_maps
+from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, vote_of_maps
 from fedsynth.common.payload import Upload
 
-AGGREGATIONS = ("vote", "consensus", "union")  # the server's `aggregation` key; the first is the default
+AGGREGATIONS = ("gated", "vote", "consensus", "union")  # the server's `aggregation` key; the first is the default
+JOINED = {"gated", "vote", "consensus"}  # the aggregations that join the sites' own heads by their counts
 
 
 def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
@@ -38,26 +40,43 @@ def consensus_inputs(uploads: Sequence[Upload], head_batch: float) -> tuple[torc
     return sites, torch.stack([capped_counts(u, head_batch) for u in uploads])
 
 
-def fit_front_end_model(front_end: str, uploads: Sequence[Upload], num_classes: int,
-                        image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
-                        aggregation: str = AGGREGATIONS[0]) -> tuple[FrontEndClassifier | FrontEndVote, str, dict]:
-    """The round's model, the aggregation that made it (`union` when a site sent no counts) and what the pool
-    file keeps to refit it: per image its site and per site its capped counts (consensus and vote), and per
-    site the temperature of its soft labels (vote: multiplied back into each recovered head)."""
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
+def fit_front_end_models(front_end: str, uploads: Sequence[Upload], num_classes: int,
+                         image_shape: tuple[int, int, int], head_batch: float, weights: torch.Tensor | None = None,
+                         aggregations: Sequence[str] = AGGREGATIONS[:1]
+                         ) -> tuple[dict[str, FrontEndClassifier | FrontEndVote], dict]:
+    """The round's model under each of `aggregations` (the first is the round's own), each site's head fitted
+    once for all of them, and what the pool file keeps to refit the first: per image its site and per site its
+    capped counts (gated, vote, consensus), per site the temperature of its soft labels (gated, vote: multiplied
+    back into each recovered head). With a site that sent no counts only `union` can be made, and it replaces
+    the others."""
+    unknown = [a for a in aggregations if a not in AGGREGATIONS]
+    if unknown or not aggregations:
+        raise ValueError(f"unknown aggregation {unknown[:1]!r}; choose from {', '.join(AGGREGATIONS)}")
     fe = build_front_end(front_end, image_shape)
     images = torch.cat([u.images for u in uploads])
     labels = torch.cat([u.labels for u in uploads])
     soft = torch.cat([u.soft_labels for u in uploads])
-    if aggregation == "union" or any(u.claim.class_counts is None for u in uploads):
-        return fit_head(fe, images, labels, num_classes, soft, weights), "union", {}
-    sites, counts = consensus_inputs(uploads, head_batch)
-    if aggregation == "consensus":
-        return fit_consensus(fe, images, labels, soft, sites, counts, num_classes), "consensus", \
-            {"sites": sites, "class_counts": counts}
-    if any(u.claim.temperature is None for u in uploads):  # the server's checks refuse such uploads
-        raise ValueError("every site's claim must give its soft labels' temperature for the vote")
-    temperatures = torch.tensor([u.claim.temperature for u in uploads], dtype=torch.float64)
-    return fit_vote(fe, images, labels, soft, sites, counts, num_classes, temperatures), "vote", \
-        {"sites": sites, "class_counts": counts, "temperatures": temperatures}
+    if any(u.claim.class_counts is None for u in uploads):
+        aggregations = ["union"]
+    models: dict[str, FrontEndClassifier | FrontEndVote] = {}
+    kept: dict = {}
+    if JOINED & set(aggregations):
+        sites, counts = consensus_inputs(uploads, head_batch)
+        maps = fit_site_maps(fe, images, labels, soft, sites, len(uploads), num_classes)
+        if {"gated", "vote"} & set(aggregations):
+            if any(u.claim.temperature is None for u in uploads):  # the server's checks refuse such uploads
+                raise ValueError("every site's claim must give its soft labels' temperature for the vote")
+            temperatures = torch.tensor([u.claim.temperature for u in uploads], dtype=torch.float64)
+        for name in aggregations:
+            if name == "consensus":
+                models[name] = consensus_of_maps(fe, maps, counts)
+            elif name in ("gated", "vote"):
+                models[name] = vote_of_maps(fe, maps, counts, temperatures,
+                                            GATE_ITERATIONS if name == "gated" else 0)
+        if aggregations[0] in JOINED:
+            kept = {"sites": sites, "class_counts": counts}
+            if aggregations[0] != "consensus":
+                kept["temperatures"] = temperatures
+    if "union" in aggregations:
+        models["union"] = fit_head(fe, images, labels, num_classes, soft, weights)
+    return {name: models[name] for name in aggregations}, kept

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from fedsynth.common.errors import one_line
 from fedsynth.common.plots import save_image_grid
-from fedsynth.common.synthetic_set import write_json
+from fedsynth.common.synthetic_set import POOL_AGGREGATION, write_json
 
 POOL_PICTURE_PER_CLASS = 30  # a 100-site pool would make a picture of hundreds of MB
 
@@ -47,7 +47,8 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
                   versions: dict[str, str], pool_images: torch.Tensor, pool_labels: torch.Tensor,
                   classes: list[str], model: torch.nn.Module | None, pool_weights: torch.Tensor | None = None,
                   pool_soft_labels: torch.Tensor | None = None, pool_sites: torch.Tensor | None = None,
-                  pool_class_counts: torch.Tensor | None = None, pool_temperatures: torch.Tensor | None = None) -> None:
+                  pool_class_counts: torch.Tensor | None = None, pool_temperatures: torch.Tensor | None = None,
+                  pool_aggregation: str | None = None) -> None:
     """Everything a round leaves behind; the pool file keeps the images' training weights (if any), so the
     global model can be retrained from it exactly."""
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,9 @@ def write_outputs(out: Path, *, metrics: dict[str, Any], sites: list[dict[str, A
         pool["sites"], pool["class_counts"] = pool_sites.long().contiguous(), pool_class_counts.double().contiguous()
     if pool_temperatures is not None:  # the round voted: `fedsynth evaluate` votes too
         pool["temperatures"] = pool_temperatures.double().contiguous()
-    save_file(pool, str(out / "synthetic_pool.safetensors"))
+    # the rule that joined the sites' heads (gated or plain vote, consensus), so that `fedsynth evaluate` refits it
+    metadata = None if pool_aggregation is None else {POOL_AGGREGATION: pool_aggregation}
+    save_file(pool, str(out / "synthetic_pool.safetensors"), metadata=metadata)
     if len(pool_labels):
         keep = torch.cat([torch.nonzero(pool_labels == c).flatten()[:POOL_PICTURE_PER_CLASS]
                           for c in range(len(classes))])

@@ -18,7 +18,7 @@ from fedsynth.common.evaluation import TrainConfig, accuracy, front_end_accuraci
 from fedsynth.common.versions import library_versions
 from fedsynth.server.anchors import AnchorsError, LedgerAnchors
 from fedsynth.server.collect import stream_replies
-from fedsynth.server.front_end_model import AGGREGATIONS, fit_front_end_model
+from fedsynth.server.front_end_model import AGGREGATIONS, fit_front_end_models
 from fedsynth.server.intake import Intake
 from fedsynth.server.pool import choose_weighting, median_run_snr, pool_weights, release_noise
 from fedsynth.server.registry import KeyRegistry
@@ -126,12 +126,13 @@ def main(grid: Grid, context: Context) -> None:
                                  weights=weights)
         combined, other_accuracy, joined, acc = None, {}, {}, accuracy(model, test)
     else:  # the sites' heads on their front end, recovered from their soft labels, joined by `aggregation`
-        fit = dict(num_classes=test.num_classes, image_shape=test.image_shape, head_batch=float(cfg["head-batch"]),
-                   weights=weights)
-        model, combined, joined = fit_front_end_model(front_end, accepted, **fit, aggregation=aggregation)
-        others = [other for other in AGGREGATIONS if joined and other != combined]  # recorded beside it
-        rivals = [fit_front_end_model(front_end, accepted, **fit, aggregation=other)[0] for other in others]
-        acc, *scores = front_end_accuracies([model, *rivals], test)
+        asked = [aggregation, *(other for other in AGGREGATIONS if other != aggregation)]  # others recorded beside it
+        models, joined = fit_front_end_models(front_end, accepted, test.num_classes, test.image_shape,
+                                              head_batch=float(cfg["head-batch"]), weights=weights,
+                                              aggregations=asked)
+        combined, *others = models
+        acc, *scores = front_end_accuracies(list(models.values()), test)
+        model = models[combined]
         other_accuracy = {f"{other}_accuracy": score for other, score in zip(others, scores)}
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
@@ -144,7 +145,9 @@ def main(grid: Grid, context: Context) -> None:
     write_outputs(out, metrics=metrics, sites=sites, config=cfg, versions=library_versions(), pool_images=images,
                   pool_labels=labels, classes=test.classes, model=model, pool_weights=weights, pool_soft_labels=soft,
                   pool_sites=joined.get("sites"), pool_class_counts=joined.get("class_counts"),
-                  pool_temperatures=joined.get("temperatures"))
+                  pool_temperatures=joined.get("temperatures"), pool_aggregation=combined if joined else None)
     print("\n" + privacy_markdown(sites), flush=True)
-    print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test from {len(accepted)} site(s), "
+    beside = "".join(f", {key.removesuffix('_accuracy')} {100 * v:.2f} %" for key, v in other_accuracy.items())
+    print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test"
+          f"{f' ({combined}{beside})' if combined else ''} from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)

@@ -49,14 +49,19 @@ def consensus(heads: Sequence[torch.Tensor], counts: Sequence[torch.Tensor]) -> 
     return torch.linalg.solve(total + pull * torch.eye(k, dtype=total.dtype), rhs)
 
 
+def consensus_of_maps(front_end: FrontEnd, maps: Sequence[torch.Tensor], counts: torch.Tensor) -> FrontEndClassifier:
+    """The consensus head of site maps [K, D + 1] under `counts` [S, K], on `front_end`."""
+    joint = consensus(maps, list(counts)).float()
+    head = torch.nn.Linear(joint.shape[1] - 1, joint.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(joint[:, :-1])
+        head.bias.copy_(joint[:, -1])
+    return FrontEndClassifier(front_end.cpu().eval(), head).eval()
+
+
 def fit_consensus(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
                   sites: torch.Tensor, counts: torch.Tensor, num_classes: int) -> FrontEndClassifier:
     """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]),
     combined by `consensus`: the round's model, and `fedsynth evaluate`'s on the round's pool file."""
     maps = fit_site_maps(front_end, images, labels, soft_labels, sites, counts.shape[0], num_classes)
-    joint = consensus(maps, list(counts)).float()
-    head = torch.nn.Linear(joint.shape[1] - 1, num_classes)
-    with torch.no_grad():
-        head.weight.copy_(joint[:, :-1])
-        head.bias.copy_(joint[:, -1])
-    return FrontEndClassifier(front_end.cpu().eval(), head).eval()
+    return consensus_of_maps(front_end, maps, counts)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fedsynth.common.synthetic_set import SET_FILE, SetError, load_synthetic_set
+from fedsynth.common.synthetic_set import POOL_AGGREGATION, SET_FILE, SetError, load_synthetic_set
 
 
 def _write(path, **tensors):
@@ -85,6 +85,26 @@ def test_a_consensus_pool_file_keeps_each_images_site_and_the_sites_counts(tmp_p
     voted = load_synthetic_set(_write(tmp_path / "vote.safetensors", images=images, labels=labels, soft_labels=SOFT,
                                       sites=SITES, class_counts=COUNTS, temperatures=temperatures))
     assert torch.equal(voted.temperatures, temperatures)
+    # a pool file written before the rule was recorded is read as the rule its tensors imply
+    assert (kept.aggregation, voted.aggregation) == ("consensus", "vote")
+    assert load_synthetic_set(_write(tmp_path / "site.safetensors", images=images, labels=labels)).aggregation is None
+
+
+def test_a_pool_file_records_the_rule_that_joined_its_sites_and_a_rule_its_tensors_cannot_refit_is_refused(tmp_path):
+    images, labels = _set()
+    joined = dict(images=images, labels=labels, soft_labels=SOFT, sites=SITES, class_counts=COUNTS)
+    voted = dict(joined, temperatures=torch.tensor([4.0, 2.0], dtype=torch.float64))
+    for name, tensors in (("gated", voted), ("vote", voted), ("consensus", joined)):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={POOL_AGGREGATION: name})
+        assert load_synthetic_set(path).aggregation == name
+    for name, tensors in (("gated", joined), ("consensus", voted), ("median", voted), ("x" * 5000, voted),
+                          ("vote", dict(images=images, labels=labels))):
+        path = tmp_path / "bad.safetensors"
+        save_file(tensors, str(path), metadata={POOL_AGGREGATION: name})
+        with pytest.raises(SetError, match="does not match the file's tensors") as refused:
+            load_synthetic_set(path)
+        assert len(str(refused.value)) < 400 and "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("tensors, reason", [

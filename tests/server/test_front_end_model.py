@@ -1,5 +1,5 @@
-"""The server's model for a front-end round: the sites' heads voted or joined by consensus when all sent counts,
-else the union fit; capped counts."""
+"""The server's model for a front-end round: the sites' heads voted (gated or not) or joined by consensus when all
+sent counts, else the union fit; each site's head fitted once for every rule; capped counts."""
 
 import dataclasses
 
@@ -8,13 +8,20 @@ import torch
 from helpers import make_claim
 
 from fedsynth.common.payload import Upload
-from fedsynth.server.front_end_model import capped_counts, fit_front_end_model
+from fedsynth.server.front_end_model import AGGREGATIONS, capped_counts, fit_front_end_models
 
 
 def _upload(images, labels, soft, counts, q=0.5, temperature=4.0):
     claim = make_claim(images, labels, q=q, front_end="scatter", soft_labels=True, class_counts=counts,
                        image_shape=(1, 28, 28), config={"temperature": temperature})
     return Upload("s", images, labels, claim, b"", ("r", "n"), soft)
+
+
+def fit_front_end_model(front_end, uploads, aggregation=AGGREGATIONS[0], **fit):
+    """The round's own model, the rule that made it and what its pool file keeps."""
+    models, joined = fit_front_end_models(front_end, uploads, **fit, aggregations=[aggregation])
+    (combined, model), = models.items()
+    return model, combined, joined
 
 
 def _set(seed):
@@ -39,7 +46,8 @@ def test_the_sites_heads_are_joined_only_when_every_site_was_counted_else_the_un
     a, b = _upload(*_set(1), (50.0,) * 10), _upload(*_set(2), (70.0,) * 10)
     fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
     model, combined, joined = fit_front_end_model("scatter", [a, b], **fit)
-    assert combined == "vote" and model.heads.weight.shape == (2 * 10, 81 * 7 * 7)
+    assert combined == "gated" and model.heads.weight.shape == (2 * 10, 81 * 7 * 7) and model.gate_iterations > 0
+    assert fit_front_end_model("scatter", [a, b], **fit, aggregation="vote")[0].gate_iterations == 0
     assert joined["sites"].tolist() == [0] * 20 + [1] * 20
     assert joined["class_counts"].tolist() == [[50.0] * 10, [70.0] * 10]
     assert joined["temperatures"].tolist() == [4.0, 4.0]
@@ -67,3 +75,19 @@ def test_the_vote_multiplies_each_sites_own_temperature_back_into_its_head():
     model = fit_front_end_model("scatter", [hot], **fit)[0]
     assert torch.allclose(model(images * 2 - 1).exp(), torch.softmax(model.heads(model.front_end(images)), 1),
                           atol=1e-5)
+
+
+def test_every_rule_is_made_from_one_fit_of_each_sites_head_and_the_first_is_what_the_pool_keeps(monkeypatch):
+    import fedsynth.server.front_end_model as front_end_model
+
+    fits = []
+    real = front_end_model.fit_site_maps
+    monkeypatch.setattr(front_end_model, "fit_site_maps", lambda *a, **k: fits.append(1) or real(*a, **k))
+    a, b = _upload(*_set(1), (50.0,) + (5.0,) * 9), _upload(*_set(2), (5.0,) * 9 + (50.0,))
+    fit = dict(num_classes=10, image_shape=(1, 28, 28), head_batch=4096.0)
+    models, joined = fit_front_end_models("scatter", [a, b], **fit, aggregations=["consensus", "gated", "vote"])
+    assert list(models) == ["consensus", "gated", "vote"] and len(fits) == 1
+    assert "temperatures" not in joined and joined["class_counts"].shape == (2, 10)
+    images = _set(3)[0] * 2 - 1
+    assert torch.allclose(models["gated"].heads.weight, models["vote"].heads.weight)
+    assert not torch.allclose(models["gated"](images), models["vote"](images))  # the gate moves the scores

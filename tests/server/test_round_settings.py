@@ -9,7 +9,16 @@ def test_known_settings_pass_and_absent_keys_take_the_servers_defaults():
     assert unknown_setting(GOOD) is None
     assert unknown_setting({"front-end": "none"}) is None
     assert choice_of({"front-end": "none"}, "pool-weighting") == "auto"
-    assert choice_of({"front-end": "none"}, "aggregation") == "vote"
+    assert choice_of({"front-end": "none"}, "aggregation") == "gated"
+
+
+def test_the_apps_run_config_asks_for_the_servers_own_defaults():
+    import tomllib
+
+    from fedsynth.common.simulation import APP_SETTINGS
+
+    app = tomllib.loads(APP_SETTINGS.read_text())["tool"]["flwr"]["app"]["config"]
+    assert all(app[key] == choice_of({}, key) for key in ("aggregation", "pool-weighting"))
 
 
 @pytest.mark.parametrize("key,value", [("pool-weighting", "count"), ("aggregation", "median"),

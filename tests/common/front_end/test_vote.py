@@ -3,7 +3,7 @@
 import torch
 
 from fedsynth.common.front_end import build_front_end
-from fedsynth.common.front_end.vote import FrontEndVote, fit_vote, vote_weights
+from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, fit_vote, vote_scores, vote_weights
 
 
 def test_each_class_is_shared_by_the_sites_counts_of_it_and_negative_noisy_counts_count_as_zero():
@@ -58,3 +58,38 @@ def test_fitted_from_one_sites_set_the_vote_is_that_sites_head_at_the_soft_label
     got = vote(images * 2 - 1)
     want = torch.log_softmax(logits, 1)
     assert torch.allclose(got, want, atol=0.05)
+
+
+def _label_shift_federation(seed: int = 0, sites: int = 4, classes: int = 5, inputs: int = 200):
+    """Sites that differ only in their label mix: p_s(y | x) ∝ n_sy p(x | y) exactly, and the pooled posterior
+    p(y | x) ∝ n_y p(x | y) of all their records."""
+    gen = torch.Generator().manual_seed(seed)
+    likelihood = torch.rand(inputs, classes, generator=gen, dtype=torch.float64) ** 3  # p(x | y), sharp
+    counts = torch.rand(sites, classes, generator=gen, dtype=torch.float64) ** 4 * 1000  # strongly skewed
+    per_site = likelihood[:, None, :] * counts[None]  # [N, S, K]
+    posteriors = per_site / per_site.sum(2, keepdim=True)
+    pooled = likelihood * counts.sum(0)
+    return posteriors, counts, pooled / pooled.sum(1, keepdim=True)
+
+
+def test_the_gated_vote_recovers_the_pooled_posterior_when_sites_differ_only_in_their_label_mix():
+    posteriors, counts, pooled = _label_shift_federation()
+    gated = vote_scores(posteriors, vote_weights(counts), gate_iterations=200)
+    assert torch.allclose(gated / gated.sum(1, keepdim=True), pooled, atol=1e-4)
+    plain = vote_scores(posteriors, vote_weights(counts))  # the class-wise vote is not exact there
+    assert (plain / plain.sum(1, keepdim=True) - pooled).abs().max() > 0.05
+    # the round's few iterations already choose the pooled posterior's class on nearly every input
+    few = vote_scores(posteriors, vote_weights(counts), GATE_ITERATIONS)
+    assert float((few.argmax(1) == pooled.argmax(1)).double().mean()) > 0.98
+
+
+def test_a_gated_vote_with_zero_iterations_is_the_class_wise_vote_and_a_gate_never_leaves_the_simplex():
+    posteriors, counts, _ = _label_shift_federation(seed=1)
+    weights = vote_weights(counts)
+    assert torch.equal(vote_scores(posteriors, weights), (posteriors * weights).sum(1))
+    gated = vote_scores(posteriors, weights, 3)
+    assert bool((gated >= 0).all()) and torch.allclose(gated.sum(1), torch.ones(len(gated), dtype=gated.dtype))
+    # a model with the gate returns log-probabilities as the plain vote does
+    vote = _vote(torch.randn(3, 2), torch.randn(3, 2), torch.tensor([[9.0, 1.0, 0.0], [1.0, 9.0, 5.0]]))
+    vote.gate_iterations = GATE_ITERATIONS
+    assert torch.allclose(vote(torch.rand(4, 2)).logsumexp(1), torch.zeros(4), atol=1e-6)
