@@ -71,15 +71,17 @@ def app_run_config() -> dict[str, Any]:
 
 
 def resolved_run_config(epsilon: float) -> dict[str, Any]:
-    """The app's run config with each 'auto' engine setting at its value for target ε: what its sites run."""
+    """The app's run config with each 'auto' engine setting at its value for target ε: what its sites run (the
+    sites' own rule, `DistillConfig.resolved`)."""
     from dataclasses import fields
 
-    from fedsynth.client.config import AUTO, DistillConfig, auto_value
+    from fedsynth.client.config import AUTO, DistillConfig, from_request
 
     config = app_run_config()
+    resolved = from_request({**config, "epsilon": epsilon}).resolved()
     for f in fields(DistillConfig):
         if f.metadata["auto"] and config.get(f.metadata["key"]) == AUTO:
-            config[f.metadata["key"]] = auto_value(f.name, epsilon)
+            config[f.metadata["key"]] = getattr(resolved, f.name)
     return config
 
 
