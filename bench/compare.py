@@ -50,7 +50,7 @@ DATASET = {"name": "fashion-mnist", "extra": ""}
 # the fixed front end the rows run on (--front-end): none (pixels) or scatter (ScatterNet features)
 FRONT_END = {"name": "none"}
 # central DP-SGD of a linear head on ScatterNet features (Tramèr & Boneh's setting as the engine runs it)
-CENTRAL_HEAD = dict(epochs=20, batch_size=4096, lr=0.4, clip_norm=1.0, momentum=0.9)
+CENTRAL_HEAD = dict(epochs=20, batch_size=4096, lr=0.4, clip_norm=1.0, momentum=0.9, accountant="prv")
 
 
 def _simulate(app: Path, sites: int, run_config: str) -> dict:
@@ -163,11 +163,11 @@ def run_central_head(epsilon: float, seed: int) -> dict:
     features = front_end.features(train.images)
     q = min(1.0, c["batch_size"] / len(train))
     steps = math.ceil(c["epochs"] / q)
-    sigma = 0.0 if math.isinf(epsilon) else calibrate_noise_multiplier(epsilon, 1e-5, q, steps)
+    sigma = 0.0 if math.isinf(epsilon) else calibrate_noise_multiplier(epsilon, 1e-5, q, steps, c["accountant"])
     mechanism = Mechanism(sigma, q, steps, c["clip_norm"])
     head = train_head(features, train.labels, train.num_classes, mechanism, lr=c["lr"], momentum=c["momentum"],
                       secret=seed, progress=True)
-    spent = epsilon_of_history([mechanism], 1e-5)
+    spent = epsilon_of_history([mechanism], 1e-5, c["accountant"])
     return {"method": "central" if math.isinf(epsilon) else "central-dpsgd",
             "accuracy_mean": accuracy(FrontEndClassifier(front_end, head), test), "rounds": 0, "bytes_total": 0,
             "seconds": time.time() - started, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
