@@ -123,23 +123,19 @@ def evaluate_on_front_end(
 ) -> dict:
     """Test accuracy of the linear head fitted in closed form on the front end's features of the set (one fit:
     deterministic, so one 'seed'); with `sites` and `class_counts` (a pool whose round joined its sites' heads),
-    the sites' heads are fitted apart and joined as the round joined them, by `aggregation` (`gated` or `vote`,
-    which need each site's soft-label `temperatures`, or `consensus`; None: `vote` when the pool keeps
-    temperatures, else `consensus`)."""
+    the sites' heads are fitted apart and joined as the round joined them, by its rule `aggregation`
+    (`fedsynth.common.front_end.join`; the votes need each site's soft-label `temperatures`)."""
     from fedsynth.common.front_end import build_front_end
-    from fedsynth.common.front_end.consensus import consensus_of_maps
-    from fedsynth.common.front_end.fit import fit_head, fit_site_maps
-    from fedsynth.common.front_end.vote import GATE_ITERATIONS, vote_of_maps
+    from fedsynth.common.front_end.fit import fit_head
+    from fedsynth.common.front_end.join import fit_joined
 
     fe = build_front_end(front_end, test.image_shape)
     if sites is None:
         aggregation = "union"
         model = fit_head(fe, images, labels, test.num_classes, soft_labels, weights)
     else:
-        aggregation = aggregation or ("consensus" if temperatures is None else "vote")
-        maps = fit_site_maps(fe, images, labels, soft_labels, sites, class_counts.shape[0], test.num_classes)
-        model = consensus_of_maps(fe, maps, class_counts) if aggregation == "consensus" else \
-            vote_of_maps(fe, maps, class_counts, temperatures, GATE_ITERATIONS if aggregation == "gated" else 0)
+        model = fit_joined(fe, images, labels, soft_labels, sites, class_counts, test.num_classes, aggregation,
+                           temperatures)
     score = accuracy(model, test)
     return {"accuracy_mean": score, "accuracy_std": 0.0, "accuracies": [score], "seeds": [0],
             "train_config": {"model": f"{front_end} + ridge head", "soft_labels": soft_labels is not None},

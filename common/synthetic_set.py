@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from fedsynth.common.claim import MAX_TEMPERATURE, Claim, ClaimError
 from fedsynth.common.errors import FedsynthError, one_line
+from fedsynth.common.front_end.join import JOIN_RULES
 from fedsynth.common.files import read_regular_file
 
 SET_FILE, CLAIM_FILE, PICTURE_FILE = "synthetic.safetensors", "claim.json", "synthetic.png"
@@ -45,7 +46,7 @@ class SyntheticSet:
     sites: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     temperatures: torch.Tensor | None = None  # per site, its soft labels' temperature: the round voted (vote.py)
-    aggregation: str | None = None  # how a pool's round joined its sites' heads (POOL_AGGREGATIONS), if recorded
+    aggregation: str | None = None  # a joined pool's rule (`fedsynth.common.front_end.join`); None for other sets
 
     @property
     def classes(self) -> list[str]:
@@ -194,9 +195,7 @@ def weights_problem(weights: torch.Tensor, labels: torch.Tensor) -> str | None:
 
 CONSENSUS = ("sites", "class_counts")  # a pool file's tensors for `fedsynth.common.front_end.consensus`
 VOTE = "temperatures"  # with CONSENSUS: the round's model was `fedsynth.common.front_end.vote`
-POOL_AGGREGATION = "aggregation"  # a pool file's metadata key: the rule that joined the sites' heads
-# each rule a pool file may record, and the tensor it needs beyond CONSENSUS
-POOL_AGGREGATIONS = {"gated": VOTE, "vote": VOTE, "consensus": None}
+POOL_AGGREGATION = "aggregation"  # a pool file's metadata key: the rule that joined the sites' heads (JOIN_RULES)
 MAX_POOL_SITES = 4096  # rows of class_counts: the vote holds one head per site
 
 
@@ -285,8 +284,8 @@ def _pool_aggregation(file: Path, joined: bool, voted: bool) -> str | None:
         raise SetError(f"{file}: not a readable safetensors file ({one_line(err, 120)})") from None
     if recorded is None:
         return None if not joined else "vote" if voted else "consensus"
-    if recorded not in POOL_AGGREGATIONS or not joined or (POOL_AGGREGATIONS[recorded] == VOTE) != voted:
+    if recorded not in JOIN_RULES or not joined or JOIN_RULES[recorded] != voted:
         raise SetError(f"{file}: aggregation {one_line(recorded, 40)!r} does not match the file's tensors "
-                       f"(one of {', '.join(POOL_AGGREGATIONS)}, with 'sites' and 'class_counts'; the votes "
+                       f"(one of {', '.join(JOIN_RULES)}, with 'sites' and 'class_counts'; the votes "
                        "with 'temperatures')")
     return recorded

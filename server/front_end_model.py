@@ -16,13 +16,12 @@ from typing import Sequence
 import torch
 
 from fedsynth.common.front_end import build_front_end
-from fedsynth.common.front_end.consensus import consensus_of_maps
 from fedsynth.common.front_end.fit import FrontEndClassifier, fit_head, fit_site_maps
-from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, vote_of_maps
+from fedsynth.common.front_end.join import JOIN_RULES, join_site_maps
+from fedsynth.common.front_end.vote import FrontEndVote
 from fedsynth.common.payload import Upload
 
-AGGREGATIONS = ("gated", "vote", "consensus", "union")  # the server's `aggregation` key; the first is the default
-JOINED = {"gated", "vote", "consensus"}  # the aggregations that join the sites' own heads by their counts
+AGGREGATIONS = (*JOIN_RULES, "union")  # the server's `aggregation` key; the first is the default
 
 
 def capped_counts(upload: Upload, head_batch: float) -> torch.Tensor:
@@ -60,22 +59,19 @@ def fit_front_end_models(front_end: str, uploads: Sequence[Upload], num_classes:
         aggregations = ["union"]
     models: dict[str, FrontEndClassifier | FrontEndVote] = {}
     kept: dict = {}
-    if JOINED & set(aggregations):
+    joined = [a for a in aggregations if a in JOIN_RULES]
+    if joined:
         sites, counts = consensus_inputs(uploads, head_batch)
         maps = fit_site_maps(fe, images, labels, soft, sites, len(uploads), num_classes)
-        if {"gated", "vote"} & set(aggregations):
+        temperatures = None
+        if any(JOIN_RULES[a] for a in joined):
             if any(u.claim.temperature is None for u in uploads):  # the server's checks refuse such uploads
                 raise ValueError("every site's claim must give its soft labels' temperature for the vote")
             temperatures = torch.tensor([u.claim.temperature for u in uploads], dtype=torch.float64)
-        for name in aggregations:
-            if name == "consensus":
-                models[name] = consensus_of_maps(fe, maps, counts)
-            elif name in ("gated", "vote"):
-                models[name] = vote_of_maps(fe, maps, counts, temperatures,
-                                            GATE_ITERATIONS if name == "gated" else 0)
-        if aggregations[0] in JOINED:
+        models.update({a: join_site_maps(fe, maps, counts, a, temperatures) for a in joined})
+        if aggregations[0] in JOIN_RULES:
             kept = {"sites": sites, "class_counts": counts}
-            if aggregations[0] != "consensus":
+            if JOIN_RULES[aggregations[0]]:
                 kept["temperatures"] = temperatures
     if "union" in aggregations:
         models["union"] = fit_head(fe, images, labels, num_classes, soft, weights)

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from fedsynth.common.front_end.base import FrontEnd
-from fedsynth.common.front_end.fit import FrontEndClassifier, fit_site_maps
+from fedsynth.common.front_end.fit import FrontEndClassifier
 from fedsynth.common.front_end.vote import vote_weights
 
 PULL = 1e-3  # weight of the mean head, relative to the mean diagonal of L
@@ -58,10 +58,3 @@ def consensus_of_maps(front_end: FrontEnd, maps: Sequence[torch.Tensor], counts:
         head.bias.copy_(joint[:, -1])
     return FrontEndClassifier(front_end.cpu().eval(), head).eval()
 
-
-def fit_consensus(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
-                  sites: torch.Tensor, counts: torch.Tensor, num_classes: int) -> FrontEndClassifier:
-    """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]),
-    combined by `consensus`: the round's model, and `fedsynth evaluate`'s on the round's pool file."""
-    maps = fit_site_maps(front_end, images, labels, soft_labels, sites, counts.shape[0], num_classes)
-    return consensus_of_maps(front_end, maps, counts)

@@ -24,7 +24,6 @@ import torch
 
 from fedsynth.common.data import to_pixel_space
 from fedsynth.common.front_end.base import FrontEnd
-from fedsynth.common.front_end.fit import fit_site_maps
 
 GATE_ITERATIONS = 10  # of the gated vote: enough to settle on the measured federations (bench/RESULTS.md)
 
@@ -90,11 +89,3 @@ def vote_of_maps(front_end: FrontEnd, maps: list[torch.Tensor], counts: torch.Te
     scaled = [m * float(t) for m, t in zip(maps, temperatures)]
     return FrontEndVote.from_maps(front_end.cpu().eval(), scaled, counts, gate_iterations)
 
-
-def fit_vote(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
-             sites: torch.Tensor, counts: torch.Tensor, num_classes: int,
-             temperatures: torch.Tensor, gate_iterations: int = 0) -> FrontEndVote:
-    """Each site's head fitted to its own images of the pool (`sites` [N] indexes the rows of `counts` [S, K]
-    and `temperatures` [S], the temperature of each site's soft labels), joined by `vote_weights`."""
-    maps = fit_site_maps(front_end, images, labels, soft_labels, sites, counts.shape[0], num_classes)
-    return vote_of_maps(front_end, maps, counts, temperatures, gate_iterations)

@@ -76,16 +76,16 @@ def test_front_end_accuracies_score_each_model_as_its_own_forward_does(tiny_mnis
     as `accuracy` (each model's own front end, its forward) does; models on different front ends are refused."""
     from fedsynth.common.front_end import build_front_end
     from fedsynth.common.front_end.fit import fit_head
-    from fedsynth.common.front_end.vote import GATE_ITERATIONS, fit_vote
+    from fedsynth.common.front_end.join import fit_joined
 
     fe = build_front_end("scatter", (1, 28, 28))
     images, labels = tiny_mnist.images[::3], tiny_mnist.labels[::3]
     soft = torch.nn.functional.one_hot(labels, 10).float() * 0.9 + 0.01
     head = fit_head(fe, images, labels, 10, soft)
     sites = torch.arange(len(labels)) % 2
-    vote = fit_vote(fe, images, labels, soft, sites, torch.ones(2, 10), 10, torch.tensor([1.0, 2.0]))
-    gated = fit_vote(fe, images, labels, soft, sites, torch.rand(2, 10, generator=torch.Generator().manual_seed(0)),
-                     10, torch.tensor([1.0, 2.0]), gate_iterations=GATE_ITERATIONS)
+    vote = fit_joined(fe, images, labels, soft, sites, torch.ones(2, 10), 10, "vote", torch.tensor([1.0, 2.0]))
+    gated = fit_joined(fe, images, labels, soft, sites, torch.rand(2, 10, generator=torch.Generator().manual_seed(0)),
+                       10, "gated", torch.tensor([1.0, 2.0]))
     got = front_end_accuracies([head, vote, gated], tiny_mnist, batch=64)
     assert got == [accuracy(head, tiny_mnist), accuracy(vote, tiny_mnist), accuracy(gated, tiny_mnist)]
     assert got[0] != got[1]  # two different models: the scores are not one model's read twice

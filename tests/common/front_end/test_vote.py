@@ -3,7 +3,8 @@
 import torch
 
 from fedsynth.common.front_end import build_front_end
-from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, fit_vote, vote_scores, vote_weights
+from fedsynth.common.front_end.join import fit_joined
+from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, vote_scores, vote_weights
 
 
 def test_each_class_is_shared_by_the_sites_counts_of_it_and_negative_noisy_counts_count_as_zero():
@@ -52,8 +53,8 @@ def test_fitted_from_one_sites_set_the_vote_is_that_sites_head_at_the_soft_label
     logits = 3 * torch.randn(20, 10, generator=gen)
     soft = torch.softmax(logits / 4.0, 1)
     sites = torch.zeros(20, dtype=torch.long)
-    vote = fit_vote(front_end, images, labels, soft, sites, torch.full((1, 10), 2.0), 10,
-                    torch.tensor([4.0], dtype=torch.float64))
+    vote = fit_joined(front_end, images, labels, soft, sites, torch.full((1, 10), 2.0), 10, "vote",
+                      torch.tensor([4.0], dtype=torch.float64))
     # 20 images, 3970 features: the ridge fit reproduces the logits on its own images (up to a shift per image)
     got = vote(images * 2 - 1)
     want = torch.log_softmax(logits, 1)
