@@ -124,7 +124,7 @@ def main(grid: Grid, context: Context) -> None:
     if front_end == "none":
         model = train_classifier(images, labels, test.num_classes, train_config, seed=int(cfg.get("seed", 0)),
                                  weights=weights)
-        combined, other_accuracy, joined, acc = None, {}, {}, accuracy(model, test)
+        combined, rivals, joined, acc = None, {}, {}, accuracy(model, test)
     else:  # the sites' heads on their front end, recovered from their soft labels, joined by `aggregation`
         asked = [aggregation, *(other for other in AGGREGATIONS if other != aggregation)]  # others recorded beside it
         models, joined = fit_front_end_models(front_end, accepted, test.num_classes, test.image_shape,
@@ -132,8 +132,8 @@ def main(grid: Grid, context: Context) -> None:
                                               aggregations=asked)
         combined, *others = models
         acc, *scores = front_end_accuracies(list(models.values()), test)
-        model = models[combined]
-        other_accuracy = {f"{other}_accuracy": score for other, score in zip(others, scores)}
+        model, rivals = models[combined], dict(zip(others, scores))
+    other_accuracy = {f"{other}_accuracy": score for other, score in rivals.items()}
     worst = max((s.get("epsilon") or math.inf) if s["accepted"] else 0.0 for s in sites)
     metrics = {"accuracy": acc, "status": "completed", "sites_accepted": len(accepted), "sites_asked": len(nodes),
                "pool_size": len(labels), "max_site_epsilon": None if math.isinf(worst) else worst,
@@ -147,7 +147,7 @@ def main(grid: Grid, context: Context) -> None:
                   pool_sites=joined.get("sites"), pool_class_counts=joined.get("class_counts"),
                   pool_temperatures=joined.get("temperatures"), pool_aggregation=combined if joined else None)
     print("\n" + privacy_markdown(sites), flush=True)
-    beside = "".join(f", {key.removesuffix('_accuracy')} {100 * v:.2f} %" for key, v in other_accuracy.items())
+    beside = "".join(f", {other} {100 * score:.2f} %" for other, score in rivals.items())
     print(f"[fedsynth] global model accuracy {100 * acc:.2f} % on {test.name} test"
           f"{f' ({combined}{beside})' if combined else ''} from {len(accepted)} site(s), "
           f"{len(labels)} synthetic images; outputs in {out}", flush=True)
