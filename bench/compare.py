@@ -93,12 +93,13 @@ def _pool_choice(metrics: dict) -> dict:
 # Engine settings a federation-bench row must share with the current defaults to stand in for a fedsynth run.
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
                "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers",
-               "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "class-pull", "temperature",
-               "accountant")
+               "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "synthesis-schedule",
+               "class-pull", "temperature", "accountant")
 # Keys added after some rows were measured, with the value those rows ran with.
 ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
                       "release-layers": 0, "front-end": "none", "head-epochs": 20.0, "head-batch": 4096.0,
-                      "head-lr": 0.4, "synthesis-steps": 300, "class-pull": 0.2, "temperature": 4.0,
+                      "head-lr": 0.4, "synthesis-steps": 300, "synthesis-schedule": "constant",
+                      "class-pull": 0.2, "temperature": 4.0,
                       "accountant": "rdp"}
 
 

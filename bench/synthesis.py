@@ -3,11 +3,11 @@
 Every site of a Dirichlet federation trains its head exactly as the ScatterNet engine does (the app's
 head settings, at the site's ε); then, for each synthesis setting, it synthesises its images and soft
 labels from that head (free post-processing), and the server recovers each site's head from its set and
-joins them on the released counts, by pairwise consensus and by the class-wise vote. The table sets each
-rule on the sets beside the same rule on the heads themselves (the ceiling a set can carry). Writes
-bench/results/synthesis.json and the RESULTS block `synthesis`:
+joins them on the released counts, by pairwise consensus, the class-wise vote and the gated vote. The table
+sets each rule on the sets beside the same rule on the heads themselves (the ceiling a set can carry).
+Writes bench/results/synthesis.json and the RESULTS block `synthesis`:
 
-    .venv/bin/python bench/synthesis.py --epsilon 1 --settings 300:0.2 300:0
+    .venv/bin/python bench/synthesis.py --epsilon 1 --settings 150:0 300:0:10:constant
     python bench/synthesis.py --device cuda --epsilon 1 --seed 1 --settings 300:0:20 --out /tmp/part.json  # a share
     .venv/bin/python bench/synthesis.py --merge /tmp/part*.json                                          # shares in
 """
@@ -35,14 +35,23 @@ OUT = ROOT / "bench" / "results" / "synthesis.json"
 
 
 def synthesis_setting(text: str) -> dict:
-    """'STEPS:CLASS_PULL[:IPC]' → the synthesis steps, the class-pull fraction of them and the images per class."""
-    steps, pull, *ipc = text.split(":")
-    return {"synthesis_steps": int(steps), "class_pull": float(pull), "ipc": int(ipc[0]) if ipc else 10}
+    """'STEPS:CLASS_PULL[:IPC[:SCHEDULE]]' → the synthesis steps, the class-pull fraction of them, the images per
+    class and the learning-rate schedule (default: the engine's)."""
+    from fedsynth.client.config import DistillConfig
+
+    steps, pull, *rest = text.split(":")
+    return {"synthesis_steps": int(steps), "class_pull": float(pull), "ipc": int(rest[0]) if rest else 10,
+            "synthesis_schedule": rest[1] if len(rest) > 1 else DistillConfig().synthesis_schedule}
+
+
+def _schedule(config: dict) -> str:
+    return config.get("synthesis_schedule", "constant")  # rows measured before the setting ran the constant rate
 
 
 def _key(row: dict) -> tuple:
     c = row["config"]
-    return row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"]
+    return (row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"],
+            _schedule(c))
 
 
 def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int,
@@ -64,7 +73,8 @@ def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: fl
     initial = torch.randn(len(labels), 1, 28, 28, generator=generator(seed)) * 0.5  # the engine's public start
     started = time.time()
     images = quantise(synthesise(copy.deepcopy(head).to(device), copy.deepcopy(front_end).to(device), labels.to(device),
-                                 steps=setting["synthesis_steps"], lr=0.05, initial=initial.to(device),
+                                 steps=setting["synthesis_steps"],
+                                 schedule=setting["synthesis_schedule"], initial=initial.to(device),
                                  class_pull=setting["class_pull"]))
     seconds = time.time() - started
     soft = soft_labels(head, front_end, images, temperature)
@@ -77,16 +87,18 @@ def _cell(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| ε | partition seed | synthesis steps | class pull (share of steps) | IPC | "
+    lines = ["| ε | partition seed | synthesis steps | schedule | class pull (share of steps) | IPC | "
              "each site's set / its own head | consensus of the sets | consensus of the heads | vote of the sets | "
-             "vote of the heads | seconds per site |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vote of the heads | gated vote of the sets / of the heads | seconds per site |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        lines.append(f"| {epsilon} | {r['seed']} | {c['synthesis_steps']} | {c['class_pull']:g} | {c['ipc']} | "
+        lines.append(f"| {epsilon} | {r['seed']} | {c['synthesis_steps']} | {_schedule(c)} | {c['class_pull']:g} | "
+                     f"{c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
                      f"{percent(r['consensus_heads'])} | {_cell(r.get('vote_sets'))} | {_cell(r.get('vote_heads'))} | "
+                     f"{_cell(r.get('gated_sets'))} / {_cell(r.get('gated_heads'))} | "
                      f"{r['seconds_per_site']:.0f} |")
     return "\n".join(lines)
 
@@ -94,7 +106,7 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_federation_arguments(parser)
-    parser.add_argument("--settings", nargs="+", metavar="STEPS:CLASS_PULL[:IPC]", default=[])
+    parser.add_argument("--settings", nargs="+", metavar="STEPS:CLASS_PULL[:IPC[:SCHEDULE]]", default=[])
     parser.add_argument("--threads", type=int, default=2)
     add_share_arguments(parser, OUT, "where the heads train and the images are synthesised (cpu, cuda)")
     args = parser.parse_args()
@@ -104,6 +116,7 @@ def main() -> int:
         from fedsynth.common.data import load_fashion_mnist
         from fedsynth.common.front_end import build_front_end
         from fedsynth.common.front_end.consensus import consensus
+        from fedsynth.common.front_end.vote import GATE_ITERATIONS
         from fedsynth.common.versions import library_versions
 
         torch.set_num_threads(args.threads)
@@ -132,10 +145,14 @@ def main() -> int:
                        "consensus_sets": accuracy(consensus(list(recovered), released), test_features, test.labels),
                        "vote_heads": accuracy(vote_on_features(maps, counts), test_features, test.labels),
                        "vote_sets": accuracy(vote_on_features(list(recovered), counts), test_features, test.labels),
+                       "gated_heads": accuracy(vote_on_features(maps, counts, GATE_ITERATIONS), test_features,
+                                               test.labels),
+                       "gated_sets": accuracy(vote_on_features(list(recovered), counts, GATE_ITERATIONS),
+                                              test_features, test.labels),
                        "seconds_per_site": sum(seconds) / len(seconds), "device": str(device),
                        "versions": library_versions(),
                        "config": {**head, **setting, "temperature": float(app["temperature"]),
-                                  "server_rule": "pairwise consensus, released counts"}}
+                                  "server_rule": "consensus, class-wise and gated vote, released counts"}}
                 print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
                 merge_rows(args.out, "synthesis", [row], key=_key)
     rows = read_rows(args.out)

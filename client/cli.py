@@ -142,7 +142,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                    "canaries are the whole site, the audit's strongest setting)")
     e.add_argument("--guess-fraction", type=float, default=0.2, help="fraction of canaries guessed (half in, half out)")
     add_arguments(e, ("front_end", "ipc", "epsilon", "delta", "iterations", "inner_steps", "width", "head_epochs",
-                      "head_batch", "head_lr", "synthesis_steps", "class_pull", "temperature", "seed"))
+                      "head_batch", "head_lr", "synthesis_steps", "synthesis_schedule", "class_pull", "temperature",
+                      "seed"))
     e.add_argument("--eval-epochs", type=int, default=100, help="epochs of the model the loss attack targets")
     e.add_argument("--device", default="auto")
     e.add_argument("--quiet", action="store_true")

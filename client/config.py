@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from fedsynth.client.errors import EngineError
+from fedsynth.client.feature_synthesis import SCHEDULES
 from fedsynth.client.matching import UNITS as MATCH_UNITS
 from fedsynth.common.claim import MAX_NOISE_MULTIPLIER, MAX_RELEASES, MAX_TEMPERATURE
 from fedsynth.common.front_end import FRONT_ENDS
@@ -106,8 +107,11 @@ class DistillConfig:
     head_lr: float | str = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9; auto: by ε)",
                                    low=0.0, high=1e6, open_low=True, key="head-lr", app=AUTO, engine=FRONT_END,
                                    auto=True)
-    synthesis_steps: int = setting(300, "scatter: pixel-space steps fitting the images to the head (free "
+    synthesis_steps: int = setting(100, "scatter: pixel-space steps fitting the images to the head (free "
                                    "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END)
+    synthesis_schedule: str = setting("cosine", "scatter: the synthesis' learning rate: cosine (from 0.1 to zero) "
+                                      "or constant (0.05)", choices=tuple(SCHEDULES), key="synthesis-schedule",
+                                      engine=FRONT_END)
     class_pull: float = setting(0.0, "scatter: share of the synthesis steps that also pull each image towards its "
                                 "label (0: the images only span the head; the soft labels carry the classes)",
                                 low=0.0, high=1.0, key="class-pull", engine=FRONT_END)

@@ -439,9 +439,9 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     head = train_head(features, dataset.labels.to(dev), dataset.num_classes, head_mechanism(the_plan.mechanism),
                       lr=config.head_lr, momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
     del features
-    images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps, lr=0.05,
-                        initial=run.tensors["synthetic"].to(dev), class_pull=config.class_pull, progress=progress,
-                        on_step=on_synthesis)
+    images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps,
+                        schedule=config.synthesis_schedule, initial=run.tensors["synthetic"].to(dev),
+                        class_pull=config.class_pull, progress=progress, on_step=on_synthesis)
     if not bool(torch.isfinite(images).all()):  # before quantising, which would turn NaN into black pixels
         raise EngineError("the synthetic images diverged (NaN). The budget stays spent.")
     images = quantise(images)  # 8-bit pixels: one byte each on the wire
