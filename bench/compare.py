@@ -81,6 +81,7 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
             "union_accuracy": m.get("union_accuracy"), "consensus_accuracy": m.get("consensus_accuracy"),
             "vote_accuracy": m.get("vote_accuracy"), "gated_accuracy": m.get("gated_accuracy"),
+            "site_seconds": statistics.fmean(float(s["seconds"]) for s in accepted) if accepted else None,
             **_pool_choice(m)}
 
 
@@ -227,6 +228,9 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     # the earlier row keeps only its mean time and its peak: weight them by its seeds
     seconds = [r["seconds"] for r in runs] + ([earlier["seconds"]] * len(kept) if kept else [])
     peak = max([r["peak_rss_mb"] for r in runs] + ([earlier["peak_rss_mb"]] if kept else []))
+    # a site's own time, from its reply (fedsynth rows), mean over the seeds that recorded it
+    site_seconds = [r["site_seconds"] for r in runs if r.get("site_seconds") is not None] + (
+        [earlier["site_seconds"]] * len(kept) if kept and earlier.get("site_seconds") is not None else [])
     central = method.startswith("central")
     # per seed, the pool weighting the server chose and the run SNR it chose by (fedsynth rows)
     chosen = {**(earlier or {}).get("pool_weighting_by_seed", {}),
@@ -239,6 +243,7 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
             "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None, "accuracies": accuracies,
             "seconds": statistics.fmean(seconds), "seeds": all_seeds, "peak_rss_mb": peak,
+            "site_seconds": statistics.fmean(site_seconds) if site_seconds else None,
             "bytes_per_site": runs[-1]["bytes_total"] / (1 if central else sites),
             "front_end": FRONT_END["name"],
             "settings": ((CENTRAL_HEAD if FRONT_END["name"] != "none" else CENTRAL) if central
@@ -320,9 +325,14 @@ def _marks(row: dict, older: dict[int, str]) -> str:
     return (" ¹" if _shared_seed(row) else "") + (f" {older[id(row)]}" if id(row) in older else "")
 
 
+def _site_time(row: dict) -> str:
+    """A site's mean time in the row's rounds, from the sites' replies (rows measured before it was kept: —)."""
+    return "—" if row.get("site_seconds") is None else f"{row['site_seconds'] / 60:.1f} min"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| method | front end | partition | ε | accuracy % | rounds | bytes per site | bytes total | wall time "
-             "| peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| a site's time | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     older, notes = _older_settings(rows)
     for r in rows:
         eps = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}"
@@ -331,7 +341,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {method} | {r.get('front_end', 'none')} | {r['partition']} | {eps} | {acc} | {r['rounds']} "
                      "| "
                      f"{r['bytes_per_site'] / 2**20:.2f} MiB | {r['bytes_total'] / 2**20:.1f} MiB | "
-                     f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
+                     f"{r['seconds'] / 60:.1f} min | {_site_time(r)} | {r['peak_rss_mb']:.0f} MB |")
     if any(_shared_seed(r) for r in rows):
         lines.append(SHARED_SEED_NOTE)
     lines += notes

@@ -62,7 +62,7 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
     from fedsynth.client.client_app import distill_config
     from fedsynth.client.engine import distill
     from fedsynth.common.data import load_dataset
-    from fedsynth.common.evaluation import TrainConfig, evaluate_synthetic
+    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
     from fedsynth.common.ledger import Ledger
     from fedsynth.common.partition import site_dataset
     from fedsynth.common.versions import library_versions
@@ -79,7 +79,12 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
             ledger = Ledger.open(Path(tmp) / "ledger.jsonl", budget_epsilon=math.inf)
             result = distill(data, config, ledger, Path(tmp) / "out", device=args.device, progress=True)
         seconds = time.time() - started
-        scores = evaluate_synthetic(result.synthetic.images, result.synthetic.labels, test, args.eval_seeds, evaluation)
+        synthetic = result.synthetic
+        if config.front_end == "none":
+            scores = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.eval_seeds, evaluation)
+        else:  # the server's model for one site: a head fitted to the set's soft labels on the front end
+            scores = evaluate_on_front_end(synthetic.images, synthetic.labels, test, config.front_end,
+                                           synthetic.soft_labels)
         runs.append({"seconds": seconds, "accuracy": scores["accuracy_mean"], "accuracies": scores["accuracies"],
                      "noise_multiplier": result.synthetic.claim.noise_multiplier})
         print(f"run {repeat + 1}/{args.repeats}: {100 * runs[-1]['accuracy']:.1f} % in {seconds:.0f} s", flush=True)
@@ -94,17 +99,19 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
         "runs": runs, "seconds": statistics.fmean(r["seconds"] for r in runs),
         "config": dataclasses.asdict(config),  # written as strict JSON: ε = ∞ becomes null
-        "evaluation": dataclasses.asdict(evaluation) | {"seeds": args.eval_seeds},
+        "evaluation": (dataclasses.asdict(evaluation) | {"seeds": args.eval_seeds} if config.front_end == "none"
+                       else {"model": f"{config.front_end} + ridge head", "soft_labels": True}),
         "versions": library_versions(),
     }
 
 
 def _effective_config(config: dict) -> dict:
-    """A recorded DistillConfig with fields added since filled with their defaults, ε left out (keyed apart)."""
+    """A recorded DistillConfig with fields added since filled with their defaults, ε left out (keyed apart); rows
+    recorded before the front end was a setting ran on pixels."""
     from fedsynth.client.engine import DistillConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
-    return {k: v for k, v in {**defaults, **config}.items() if k != "epsilon"}
+    return {k: v for k, v in {**defaults, "front_end": "none", **config}.items() if k != "epsilon"}
 
 
 def _changes(row: dict) -> dict:
