@@ -115,13 +115,17 @@ def _effective_config(config: dict) -> dict:
 
 
 def _changes(row: dict) -> dict:
-    """Fields where a row's config differs from what the app would run today at that site and ε."""
+    """Fields of the row's engine where its config differs from what the app would run today at that site and ε."""
     from fedsynth.client.client_app import distill_config
+    from fedsynth.client.config import FRONT_END, PIXELS, DistillConfig
 
     epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
     today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]),
                                                                 f"site-{row['site']}")))
-    return {k: v for k, v in _effective_config(row["config"]).items() if today.get(k) != v}
+    config = _effective_config(row["config"])
+    engine = PIXELS if config["front_end"] == "none" else FRONT_END
+    read = {f.name for f in dataclasses.fields(DistillConfig) if f.metadata["engine"] in (None, engine)}
+    return {k: v for k, v in config.items() if k in read and today.get(k) != v}
 
 
 def _key(row: dict) -> tuple:
