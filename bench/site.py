@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import app_run_config, merge_rows, percent  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+# DistillConfig fields added after rows were measured whose default is not what those rows ran with
+FIELDS_BEFORE = {"front_end": "none", "release_layers": 0, "synthesis_schedule": "constant"}
 
 
 def app_request(epsilon: float, seed: int) -> dict:
@@ -106,12 +108,12 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
 
 
 def _effective_config(config: dict) -> dict:
-    """A recorded DistillConfig with fields added since filled with their defaults, ε left out (keyed apart); rows
-    recorded before the front end was a setting ran on pixels."""
+    """A recorded DistillConfig with fields added since filled with the value rows ran with before them (their
+    default where that did not change), ε left out (keyed apart)."""
     from fedsynth.client.engine import DistillConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
-    return {k: v for k, v in {**defaults, "front_end": "none", **config}.items() if k != "epsilon"}
+    return {k: v for k, v in {**defaults, **FIELDS_BEFORE, **config}.items() if k != "epsilon"}
 
 
 def _changes(row: dict) -> dict:
