@@ -96,14 +96,6 @@ ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-cla
                "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers",
                "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "synthesis-schedule",
                "class-pull", "temperature", "accountant")
-# Keys added after some rows were measured, with the value those rows ran with.
-ENGINE_KEYS_BEFORE = {"batch-per-class": 64.0, "replay-epochs": 0, "replay-lr-end": 1.0, "pool-weighting": "uniform",
-                      "release-layers": 0, "front-end": "none", "head-epochs": 20.0, "head-batch": 4096.0,
-                      "head-lr": 0.4, "synthesis-steps": 300, "synthesis-schedule": "constant",
-                      "class-pull": 0.2, "temperature": 4.0,
-                      "accountant": "rdp"}
-
-
 def engine_settings(epsilon: float) -> dict:
     """The engine settings a fedsynth row at target ε ran with (the app's defaults in pyproject.toml, 'auto' ones
     at their value for ε), so a row says what it measured."""
@@ -277,8 +269,11 @@ def _aggregation_of(row: dict) -> str:
 
 
 def _ran_with(config: dict, key: str):
-    """The value a recorded engine config ran with for `key` (keys added since: the value rows had before them)."""
-    return config.get(key, ENGINE_KEYS_BEFORE.get(key))
+    """The value a recorded engine config ran with for `key` (keys added since: the value rows had before them,
+    each engine setting's `before`, and a uniform pool before the server chose its weighting)."""
+    from fedsynth.client.config import KEYS_BEFORE
+
+    return config.get(key, {**KEYS_BEFORE, "pool-weighting": "uniform"}.get(key))
 
 
 def _keys_read_by(front_end: str) -> set[str]:

@@ -34,8 +34,6 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import app_run_config, merge_rows, percent  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-# DistillConfig fields added after rows were measured whose default is not what those rows ran with
-FIELDS_BEFORE = {"front_end": "none", "release_layers": 0, "synthesis_schedule": "constant"}
 
 
 def app_request(epsilon: float, seed: int) -> dict:
@@ -110,31 +108,36 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
 def _effective_config(config: dict) -> dict:
     """A recorded DistillConfig with fields added since filled with the value rows ran with before them (their
     default where that did not change), ε left out (keyed apart)."""
-    from fedsynth.client.engine import DistillConfig
+    from fedsynth.client.config import FIELDS_BEFORE, DistillConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
     return {k: v for k, v in {**defaults, **FIELDS_BEFORE, **config}.items() if k != "epsilon"}
 
 
+def _read_by_engine(config: dict) -> dict:
+    """The fields of an effective config that its engine reads (a pixel run ignores the head's settings)."""
+    from fedsynth.client.config import FRONT_END, PIXELS, DistillConfig
+
+    engine = PIXELS if config["front_end"] == "none" else FRONT_END
+    read = {f.name for f in dataclasses.fields(DistillConfig) if f.metadata["engine"] in (None, engine)}
+    return {k: v for k, v in config.items() if k in read}
+
+
 def _changes(row: dict) -> dict:
     """Fields of the row's engine where its config differs from what the app would run today at that site and ε."""
     from fedsynth.client.client_app import distill_config
-    from fedsynth.client.config import FRONT_END, PIXELS, DistillConfig
 
     epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
     today = _effective_config(dataclasses.asdict(distill_config(app_request(epsilon, row["seed"]),
                                                                 f"site-{row['site']}")))
-    config = _effective_config(row["config"])
-    engine = PIXELS if config["front_end"] == "none" else FRONT_END
-    read = {f.name for f in dataclasses.fields(DistillConfig) if f.metadata["engine"] in (None, engine)}
-    return {k: v for k, v in config.items() if k in read and today.get(k) != v}
+    return {k: v for k, v in _read_by_engine(_effective_config(row["config"])).items() if today.get(k) != v}
 
 
 def _key(row: dict) -> tuple:
-    # keyed by the settings the row ran with, not by its --set overrides: defaults move (replay became the
-    # app's default), and a plain run must not replace a row measured under the old defaults
+    # keyed by the settings the row's engine ran with, not by its --set overrides: defaults move (replay became
+    # the app's default), and a plain run must not replace a row measured under the old defaults
     return (row["dataset"], row["partition"], row["sites"], row["site"], row["seed"], row["epsilon"] is None,
-            row["epsilon"] or 0.0, json.dumps(_effective_config(row["config"]), sort_keys=True))
+            row["epsilon"] or 0.0, json.dumps(_read_by_engine(_effective_config(row["config"])), sort_keys=True))
 
 
 def table(rows: list[dict]) -> str:

@@ -45,7 +45,10 @@ def synthesis_setting(text: str) -> dict:
 
 
 def _schedule(config: dict) -> str:
-    return config.get("synthesis_schedule", "constant")  # rows measured before the setting ran the constant rate
+    """The synthesis schedule a row ran with (rows measured before the setting: what the engine ran then)."""
+    from fedsynth.client.config import FIELDS_BEFORE
+
+    return config.get("synthesis_schedule", FIELDS_BEFORE["synthesis_schedule"])
 
 
 def _key(row: dict) -> tuple:

@@ -37,14 +37,17 @@ def auto_value(name: str, epsilon: float) -> float:
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None, open_low: bool = False,
             open_high: bool = False, flag: str | None = "", key: str | None = None, app: Any = MISSING,
-            choices: tuple[str, ...] | None = None, engine: str | None = None, auto: bool = False) -> Any:
+            choices: tuple[str, ...] | None = None, engine: str | None = None, auto: bool = False,
+            before: Any = MISSING) -> Any:
     """A DistillConfig field. `flag`: the CLI flag ("" derives `--name-with-dashes`, None: not on the CLI);
     `key`: the run-config key the federated app sends (None: not sent); `app`: the app's default where it
     differs from the engine's; `low`/`high`: the allowed range (open ends excluded); `engine`: PIXELS or
-    FRONT_END for a setting only that engine reads (None: both); `auto`: the setting may also be AUTO."""
+    FRONT_END for a setting only that engine reads (None: both); `auto`: the setting may also be AUTO;
+    `before`: what runs recorded before the setting was (a bench row without it) ran with, where that is not
+    its default."""
     return field(default=default, metadata=dict(help=help, low=low, high=high, open_low=open_low,
                                                  open_high=open_high, flag=flag, key=key, app=app, choices=choices,
-                                                 engine=engine, auto=auto))
+                                                 engine=engine, auto=auto, before=before))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +57,7 @@ class DistillConfig:
     ipc: int = setting(10, "synthetic images per class", low=1, high=10_000, key="ipc")
     front_end: str = setting("scatter", "none: gradient matching at random ConvNets on pixels; scatter: DP-SGD of a "
                              "linear head on ScatterNet features, distilled into images with soft labels",
-                             choices=FRONT_ENDS, key="front-end")
+                             choices=FRONT_ENDS, key="front-end", before="none")
     epsilon: float = setting(10.0, "target ε ('inf' = no noise, for research)", low=0.0, open_low=True,
                              high=math.inf, key="epsilon")
     delta: float = setting(1e-5, "target δ (below 1/n)", low=0.0, high=1.0, open_low=True, open_high=True,
@@ -62,7 +65,7 @@ class DistillConfig:
     noise_multiplier: float | None = setting(None, "give σ directly instead of calibrating to --epsilon", low=0.0,
                                              high=MAX_NOISE_MULTIPLIER)
     accountant: str = setting(DEFAULT_ACCOUNTANT, "Opacus accountant that calibrates σ and reports ε",
-                              choices=ACCOUNTANTS, key="accountant")
+                              choices=ACCOUNTANTS, key="accountant", before="rdp")
     iterations: int = setting(200, "outer iterations T, each on a freshly drawn network", low=1,
                               high=MAX_ITERATIONS, flag="--steps", key="steps", app=20, engine=PIXELS)
     inner_steps: int = setting(5, "noisy releases K per outer iteration", low=1, high=10_000, key="inner-steps",
@@ -72,18 +75,19 @@ class DistillConfig:
                                engine=PIXELS)
     replay_epochs: int = setting(0, "passes over every release after the run, matching it again (free "
                                  "post-processing: a release's noise enters many small updates that average it)",
-                                 low=0, high=10_000, key="replay-epochs", app=6, engine=PIXELS)
+                                 low=0, high=10_000, key="replay-epochs", app=6, engine=PIXELS, before=0)
     replay_lr_end: float = setting(1.0, "image learning rate at the end of the replay passes, a fraction of "
                                    "--lr-images (linear decay)", low=0.0, high=1.0, open_low=True,
-                                   key="replay-lr-end", app=0.1, engine=PIXELS)
+                                   key="replay-lr-end", app=0.1, engine=PIXELS, before=1.0)
     batch_per_class: float = setting(64.0, "expected records per class per release (sets q)", low=0.0, high=1e9,
-                                     open_low=True, key="batch-per-class", engine=PIXELS)
+                                     open_low=True, key="batch-per-class", engine=PIXELS,
+                                     before=64.0)
     sample_rate: float | None = setting(None, "Poisson rate q (overrides --batch-per-class, or --head-batch)",
                                         low=0.0, high=1.0, open_low=True)
     clip_norm: float = setting(1.0, "per-example gradient bound C", low=0.0, high=1e6, open_low=True)
     release_layers: int = setting(2, "release and match only the last N weight layers' gradients (0: every "
                                   "parameter; the first convolutions' noised gradients cost more than they teach)",
-                                  low=0, high=1_000, key="release-layers", engine=PIXELS)
+                                  low=0, high=1_000, key="release-layers", engine=PIXELS, before=0)
     match_per: str = setting("unit", "gradient-matching cosine per output unit (DC's) or per whole layer",
                              choices=MATCH_UNITS, engine=PIXELS)
     width: int = setting(32, "distillation ConvNet width", low=1, high=4096, key="width", engine=PIXELS)
@@ -99,24 +103,27 @@ class DistillConfig:
                                           "distils every class: skipping one would reveal it holds none)", flag=None)
     head_epochs: float | str = setting(20.0, "scatter: DP-SGD epochs of the head (steps = epochs / q; auto: by ε)",
                                        low=0.0, open_low=True, high=10_000.0, key="head-epochs", app=AUTO,
-                                       engine=FRONT_END, auto=True)
+                                       engine=FRONT_END, auto=True, before=20.0)
     # one party with all of Fashion-MNIST: 4096 and 0.4; a federated site of ~6,000 records gains 2 points
     # at ε = 1 from more, smaller, gentler steps (bench/aggregation.py --head-settings)
     head_batch: float = setting(4096.0, "scatter: expected records per DP-SGD step (sets q)", low=0.0, high=1e9,
-                                open_low=True, key="head-batch", app=1024.0, engine=FRONT_END)
+                                open_low=True, key="head-batch", app=1024.0, engine=FRONT_END,
+                                before=4096.0)
     head_lr: float | str = setting(0.4, "scatter: DP-SGD learning rate of the head (momentum 0.9; auto: by ε)",
                                    low=0.0, high=1e6, open_low=True, key="head-lr", app=AUTO, engine=FRONT_END,
-                                   auto=True)
+                                   auto=True, before=0.4)
     synthesis_steps: int = setting(100, "scatter: pixel-space steps fitting the images to the head (free "
-                                   "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END)
+                                   "post-processing)", low=1, high=100_000, key="synthesis-steps", engine=FRONT_END,
+                                   before=300)
     synthesis_schedule: str = setting("cosine", "scatter: the synthesis' learning rate: cosine (from 0.1 to zero) "
                                       "or constant (0.05)", choices=tuple(SCHEDULES), key="synthesis-schedule",
-                                      engine=FRONT_END)
+                                      engine=FRONT_END, before="constant")
     class_pull: float = setting(0.0, "scatter: share of the synthesis steps that also pull each image towards its "
                                 "label (0: the images only span the head; the soft labels carry the classes)",
-                                low=0.0, high=1.0, key="class-pull", engine=FRONT_END)
+                                low=0.0, high=1.0, key="class-pull", engine=FRONT_END, before=0.2)
     temperature: float = setting(4.0, "scatter: temperature of the released soft labels", low=0.0, high=MAX_TEMPERATURE,
-                                 open_low=True, key="temperature", engine=FRONT_END)
+                                 open_low=True, key="temperature", engine=FRONT_END,
+                                 before=4.0)
     seed: int = setting(0, "public seed: initial images, network draws, augmentation", low=-(2**63),
                         high=2**63 - 1)
     checkpoint_every: int = setting(10, "iterations between checkpoints", low=1, flag=None, engine=PIXELS)
@@ -141,6 +148,11 @@ class DistillConfig:
 
 
 REQUEST_KEYS = tuple(f.metadata["key"] for f in fields(DistillConfig) if f.metadata["key"])
+# What a recorded run without a setting ran with (a bench row measured before the setting was), by field name
+# and by run-config key; a setting not listed ran with its default.
+FIELDS_BEFORE = {f.name: f.metadata["before"] for f in fields(DistillConfig) if f.metadata["before"] is not MISSING}
+KEYS_BEFORE = {f.metadata["key"]: f.metadata["before"] for f in fields(DistillConfig)
+               if f.metadata["key"] and f.metadata["before"] is not MISSING}
 
 
 def _in_range(value: float, meta: dict) -> bool:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedsynth.client.cli import build_parser
-from fedsynth.client.config import (AUTO, REQUEST_KEYS, DistillConfig, app_defaults, auto_value, check_settings,
-                                   from_request)
+from fedsynth.client.config import (AUTO, FIELDS_BEFORE, KEYS_BEFORE, REQUEST_KEYS, DistillConfig, app_defaults,
+                                   auto_value, check_settings, from_request)
 from fedsynth.client.errors import EngineError
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
@@ -86,3 +86,10 @@ def test_only_the_auto_settings_accept_auto():
         check_settings(DistillConfig(head_batch=AUTO))
     with pytest.raises(EngineError, match="the request's head-batch"):
         from_request({"head-batch": AUTO})
+
+
+def test_what_older_runs_ran_with_is_a_valid_value_of_each_setting_and_keyed_by_its_run_config_key():
+    check_settings(DistillConfig(**FIELDS_BEFORE))  # a typo'd choice or an out-of-range value is refused
+    by_name = {f.name: f.metadata["key"] for f in dataclasses.fields(DistillConfig)}
+    assert KEYS_BEFORE == {by_name[name]: value for name, value in FIELDS_BEFORE.items() if by_name[name]}
+    assert FIELDS_BEFORE["synthesis_schedule"] == "constant" != DistillConfig().synthesis_schedule
