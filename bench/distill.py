@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import merge_rows, percent, update_readme_block  # noqa: E402
+from bench.results_io import merge_rows, percent, score_set, update_readme_block  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SETS = RESULTS / "sets"
@@ -153,7 +153,6 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
     from fedsynth.client.engine import DistillConfig, distill
     from fedsynth.common.runtime import resolve_device
     from fedsynth.common.data import load_fashion_mnist
-    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
     from fedsynth.common.ledger import Ledger
     from fedsynth.common.synthetic_set import SET_FILE, CLAIM_FILE, PICTURE_FILE
     from fedsynth.common.versions import library_versions
@@ -177,12 +176,7 @@ def run_row(profile: str, ipc: int, epsilon: float, seeds: int, device: str, see
             shutil.copy(Path(tmp) / "set" / src, SETS / f"{name}{suffix}")
     started = time.time()
     synthetic = result.synthetic
-    if config.front_end == "none":
-        evaluation = evaluate_synthetic(synthetic.images, synthetic.labels, test, seeds,
-                                        TrainConfig(epochs=settings["eval_epochs"]), dev)
-    else:
-        evaluation = evaluate_on_front_end(synthetic.images, synthetic.labels, test, config.front_end,
-                                           synthetic.soft_labels)
+    evaluation = score_set(synthetic, config.front_end, test, seeds, settings["eval_epochs"], dev)
     eval_seconds = time.time() - started
     claim = synthetic.claim
     return {

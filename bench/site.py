@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.results_io import app_run_config, merge_rows, percent  # noqa: E402
+from bench.results_io import app_run_config, merge_rows, percent, score_set  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -62,7 +62,6 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
     from fedsynth.client.client_app import distill_config
     from fedsynth.client.engine import distill
     from fedsynth.common.data import load_dataset
-    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
     from fedsynth.common.ledger import Ledger
     from fedsynth.common.partition import site_dataset
     from fedsynth.common.versions import library_versions
@@ -71,7 +70,6 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
     train, test = load_dataset(request["dataset"], train=True), load_dataset(request["dataset"], train=False)
     data = site_dataset(train, args.sites, args.site, args.partition, args.alpha, args.seed)
     config = dataclasses.replace(distill_config(request, f"site-{args.site}"), **overrides)
-    evaluation = TrainConfig(epochs=args.eval_epochs)
     runs = []
     for repeat in range(args.repeats):
         started = time.time()
@@ -80,13 +78,10 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
             result = distill(data, config, ledger, Path(tmp) / "out", device=args.device, progress=True)
         seconds = time.time() - started
         synthetic = result.synthetic
-        if config.front_end == "none":
-            scores = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.eval_seeds, evaluation)
-        else:  # the server's model for one site: a head fitted to the set's soft labels on the front end
-            scores = evaluate_on_front_end(synthetic.images, synthetic.labels, test, config.front_end,
-                                           synthetic.soft_labels)
+        scores = score_set(synthetic, config.front_end, test, args.eval_seeds, args.eval_epochs)
         runs.append({"seconds": seconds, "accuracy": scores["accuracy_mean"], "accuracies": scores["accuracies"],
-                     "noise_multiplier": result.synthetic.claim.noise_multiplier})
+                     "noise_multiplier": result.synthetic.claim.noise_multiplier,
+                     "evaluation": scores["train_config"] | {"seeds": len(scores["accuracies"])}})
         print(f"run {repeat + 1}/{args.repeats}: {100 * runs[-1]['accuracy']:.1f} % in {seconds:.0f} s", flush=True)
     accuracies = [r["accuracy"] for r in runs]
     return {
@@ -99,8 +94,7 @@ def run_row(args: argparse.Namespace, overrides: dict) -> dict:
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
         "runs": runs, "seconds": statistics.fmean(r["seconds"] for r in runs),
         "config": dataclasses.asdict(config),  # written as strict JSON: ε = ∞ becomes null
-        "evaluation": (dataclasses.asdict(evaluation) | {"seeds": args.eval_seeds} if config.front_end == "none"
-                       else {"model": f"{config.front_end} + ridge head", "soft_labels": True}),
+        "evaluation": runs[0]["evaluation"],
         "versions": library_versions(),
     }
 
