@@ -129,6 +129,8 @@ def evaluate_on_front_end(
     from fedsynth.common.front_end.fit import fit_head
     from fedsynth.common.front_end.join import fit_joined
 
+    if sites is not None and aggregation is None:
+        raise ValueError("a pool of joined sites needs the rule that joined them (aggregation)")
     fe = build_front_end(front_end, test.image_shape)
     if sites is None:
         aggregation = "union"

@@ -6,7 +6,8 @@ import torch
 import fedsynth.common.evaluation as evaluation
 from fedsynth.common.augment import Augmenter
 from fedsynth.common.data import load_mnist5k
-from fedsynth.common.evaluation import TrainConfig, accuracy, evaluate_synthetic, front_end_accuracies
+from fedsynth.common.evaluation import (TrainConfig, accuracy, evaluate_on_front_end, evaluate_synthetic,
+                                        front_end_accuracies)
 
 FAST = dict(epochs=15, width=16, depth=2)
 
@@ -91,3 +92,14 @@ def test_front_end_accuracies_score_each_model_as_its_own_forward_does(tiny_mnis
     assert got[0] != got[1]  # two different models: the scores are not one model's read twice
     with pytest.raises(ValueError, match="share one front end"):
         front_end_accuracies([head, fit_head(build_front_end("none", (1, 28, 28)), images, labels, 10)], tiny_mnist)
+
+
+def test_a_joined_pool_is_scored_by_its_own_rule_and_refused_without_one(tiny_mnist):
+    images, labels = tiny_mnist.images[::3], tiny_mnist.labels[::3]
+    soft = torch.nn.functional.one_hot(labels, 10).float() * 0.9 + 0.01
+    sites, counts = torch.arange(len(labels)) % 2, torch.ones(2, 10)
+    joined = evaluate_on_front_end(images, labels, tiny_mnist, "scatter", soft, sites=sites, class_counts=counts,
+                                   aggregation="consensus")
+    assert joined["aggregation"] == "consensus" and 0.0 <= joined["accuracy_mean"] <= 1.0
+    with pytest.raises(ValueError, match="needs the rule"):
+        evaluate_on_front_end(images, labels, tiny_mnist, "scatter", soft, sites=sites, class_counts=counts)
