@@ -79,10 +79,18 @@ def run_fedsynth(sites: int, partition: str, alpha: float, epsilon: float, seed:
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in accepted),
             "max_site_epsilon": m.get("max_site_epsilon"), "sites_accepted": len(accepted),
             "site_seeding": site_seeding(m["sites"]), "aggregation": m.get("aggregation"),
-            "union_accuracy": m.get("union_accuracy"), "consensus_accuracy": m.get("consensus_accuracy"),
-            "vote_accuracy": m.get("vote_accuracy"), "gated_accuracy": m.get("gated_accuracy"),
+            **({"rule_accuracies": _rule_accuracies(m)} if m.get("aggregation") else {}),
             "site_seconds": statistics.fmean(float(s["seconds"]) for s in accepted) if accepted else None,
             **_pool_choice(m)}
+
+
+def _rule_accuracies(metrics: dict) -> dict:
+    """A front-end round's accuracy under every rule its server scored the pool with: the one it ran and the
+    others it recorded beside it (metrics.json's `<rule>_accuracy`)."""
+    from fedsynth.server.front_end_model import AGGREGATIONS
+
+    return {**{rule: metrics[f"{rule}_accuracy"] for rule in AGGREGATIONS if f"{rule}_accuracy" in metrics},
+            metrics["aggregation"]: metrics["accuracy"]}
 
 
 def _pool_choice(metrics: dict) -> dict:
@@ -228,8 +236,12 @@ def run_row(method: str, sites: int, partition: str, alpha: float, epsilon: floa
     chosen = {**(earlier or {}).get("pool_weighting_by_seed", {}),
               **{str(seed): [r["pool_weighting"], r["pool_run_snr"]] for seed, r in zip(to_run, runs)
                  if "pool_weighting" in r}}
-    last = {k: v for k, v in runs[-1].items() if k not in ("pool_weighting", "pool_run_snr")}
+    # per seed, what every rule the server scores reached on that seed's pool (front-end fedsynth rows)
+    rules = {**(earlier or {}).get("rule_accuracies_by_seed", {}),
+             **{str(seed): r["rule_accuracies"] for seed, r in zip(to_run, runs) if "rule_accuracies" in r}}
+    last = {k: v for k, v in runs[-1].items() if k not in ("pool_weighting", "pool_run_snr", "rule_accuracies")}
     return {**last, **({"pool_weighting_by_seed": chosen} if chosen else {}),
+            **({"rule_accuracies_by_seed": rules} if rules else {}),
             "method": method, "epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5,
             "partition": "central" if central else partition, "alpha": alpha if partition == "dirichlet" else None,
             "sites": 1 if central else sites, "accuracy_mean": statistics.fmean(accuracies),
