@@ -126,6 +126,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+HEAD_RULES = {"consensus": "consensus", "vote": "vote", "gated": "gated vote"}  # server rules scored on the heads
+
+
 def head_setting(text: str) -> dict:
     """'BATCH:LR:EPOCHS[:ACCOUNTANT]' → the DistillConfig fields of one site-head setting."""
     batch, lr, epochs, *accountant = text.split(":")
@@ -139,19 +142,23 @@ def _setting(row: dict) -> tuple:
 
 
 def heads_table(rows: list[dict]) -> str:
-    """One line per site-head setting: the consensus and the vote of the heads at each ε (None: no noise)."""
+    """One line per partition seed and site-head setting: the server's rules on the heads at each ε (None: no
+    noise), each rule's columns only where some row measured it."""
     epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: math.inf if e is None else e)
     label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
-    voted = [e for e in epsilons if any(r["epsilon"] == e and r.get("vote") is not None for r in rows)]
-    lines = ["| site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median site | "
-             + " | ".join([f"consensus, {label[e]}" for e in epsilons] + [f"vote, {label[e]}" for e in voted]) + " |",
-             "|---|---|---|---|---|" + "---|" * (len(epsilons) + len(voted))]
-    for batch, lr, epochs, accountant in sorted({_setting(r) for r in rows}, reverse=True):
-        found = {r["epsilon"]: r for r in rows if _setting(r) == (batch, lr, epochs, accountant)}
-        cells = [percent(found[e]["consensus"]) if e in found else "—" for e in epsilons]
-        cells += [percent(found[e]["vote"]) if found.get(e, {}).get("vote") is not None else "—" for e in voted]
+    columns = [(rule, e) for rule in ("consensus", "vote", "gated") for e in epsilons
+               if any(r["epsilon"] == e and r.get(rule) is not None for r in rows)]
+    lines = ["| partition seed | site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median "
+             "site | " + " | ".join(f"{HEAD_RULES[rule]}, {label[e]}" for rule, e in columns) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(columns)]
+    for seed, *setting in sorted({(r["seed"], *_setting(r)) for r in rows}, key=lambda k: (k[0], *(-x if isinstance(
+            x, float) else x for x in k[1:]))):
+        found = {r["epsilon"]: r for r in rows if r["seed"] == seed and list(_setting(r)) == setting}
+        cells = [percent(found[e][rule]) if found.get(e, {}).get(rule) is not None else "—" for rule, e in columns]
         steps = next(iter(found.values()))["steps"]
-        lines.append(f"| {batch:g} | {lr:g} | {epochs:g} | {accountant} | {steps} | " + " | ".join(cells) + " |")
+        batch, lr, epochs, accountant = setting
+        lines.append(f"| {seed} | {batch:g} | {lr:g} | {epochs:g} | {accountant} | {steps} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -159,6 +166,7 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
     from fedsynth.client.config import DistillConfig
     from fedsynth.client.engine import plan
     from fedsynth.common.front_end.consensus import consensus
+    from fedsynth.common.front_end.vote import GATE_ITERATIONS
     from fedsynth.common.partition import partition_indices
     from fedsynth.common.versions import library_versions
 
@@ -179,6 +187,8 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
                    "consensus": accuracy(consensus(maps, released), test_features, test.labels),
                    "average": accuracy(sum(maps) / len(maps), test_features, test.labels),
                    "vote": accuracy(vote_on_features(maps, torch.stack(released)), test_features, test.labels),
+                   "gated": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS), test_features,
+                                     test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
                    "config": {**settings, "server_rule": "pairwise consensus, released counts"}}
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
