@@ -151,8 +151,8 @@ def heads_table(rows: list[dict]) -> str:
     lines = ["| partition seed | site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median "
              "site | " + " | ".join(f"{HEAD_RULES[rule]}, {label[e]}" for rule, e in columns) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(columns)]
-    for seed, *setting in sorted({(r["seed"], *_setting(r)) for r in rows}, key=lambda k: (k[0], *(-x if isinstance(
-            x, float) else x for x in k[1:]))):
+    # by partition seed, then as before seeds were listed: the largest batch, rate and epochs first
+    for seed, *setting in sorted(sorted({(r["seed"], *_setting(r)) for r in rows}, reverse=True), key=lambda k: k[0]):
         found = {r["epsilon"]: r for r in rows if r["seed"] == seed and list(_setting(r)) == setting}
         cells = [percent(found[e][rule]) if found.get(e, {}).get(rule) is not None else "—" for rule, e in columns]
         steps = next(iter(found.values()))["steps"]

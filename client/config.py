@@ -43,8 +43,8 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
     `key`: the run-config key the federated app sends (None: not sent); `app`: the app's default where it
     differs from the engine's; `low`/`high`: the allowed range (open ends excluded); `engine`: PIXELS or
     FRONT_END for a setting only that engine reads (None: both); `auto`: the setting may also be AUTO;
-    `before`: what runs recorded before the setting was (a bench row without it) ran with, where that is not
-    its default."""
+    `before`: what runs recorded before the setting existed (a bench row without it) ran with; a setting
+    without one has no such rows, or they are read with its default."""
     return field(default=default, metadata=dict(help=help, low=low, high=high, open_low=open_low,
                                                  open_high=open_high, flag=flag, key=key, app=app, choices=choices,
                                                  engine=engine, auto=auto, before=before))
@@ -148,8 +148,8 @@ class DistillConfig:
 
 
 REQUEST_KEYS = tuple(f.metadata["key"] for f in fields(DistillConfig) if f.metadata["key"])
-# What a recorded run without a setting ran with (a bench row measured before the setting was), by field name
-# and by run-config key; a setting not listed ran with its default.
+# What a recorded run without a setting ran with (a bench row measured before the setting existed), by field
+# name and by run-config key: each setting's `before`.
 FIELDS_BEFORE = {f.name: f.metadata["before"] for f in fields(DistillConfig) if f.metadata["before"] is not MISSING}
 KEYS_BEFORE = {f.metadata["key"]: f.metadata["before"] for f in fields(DistillConfig)
                if f.metadata["key"] and f.metadata["before"] is not MISSING}
