@@ -190,7 +190,8 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
                    "gated": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS), test_features,
                                      test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
-                   "config": {**settings, "server_rule": "pairwise consensus, released counts"}}
+                   "config": {**settings, "server_rule": "pairwise consensus, vote and gated vote of the heads, "
+                                                         "and their mean; released counts"}}
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
             merge_rows(HEADS_OUT, "site_heads", [row],
                        key=lambda r: (r["epsilon"] or math.inf, r["seed"], r["sites"], *_setting(r)))
