@@ -10,7 +10,7 @@ With --head-settings it measures instead how the sites' own DP-SGD settings (exp
 rate, epochs) move the consensus head, and writes bench/results/site_heads.json:
 
     .venv/bin/python bench/aggregation.py --epsilon 1 10
-    .venv/bin/python bench/aggregation.py --epsilon 1 --head-settings 4096:0.4:20 1024:0.2:20 1024:0.2:20:prv
+    .venv/bin/python bench/aggregation.py --epsilon 1 --head-settings 4096:0.4:20 1024:0.2:20 1024:0.2:20:prv:2
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.results_io import add_federation_arguments, app_head_settings, merge_rows, percent  # noqa: E402
 from bench.results_io import update_readme_block  # noqa: E402
+from fedsynth.client.config import FIELDS_BEFORE  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
 HEADS_OUT = ROOT / "bench" / "results" / "site_heads.json"
@@ -46,24 +47,23 @@ def features(front_end, images: torch.Tensor) -> torch.Tensor:
 def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, seed: int, **settings):
     """Each site's head (weights | bias), its true and its released class counts, as the engine makes them
     (`settings`: DistillConfig fields that differ from the engine's defaults, e.g. head_batch)."""
-    from fedsynth.client.class_counts import head_mechanism, noisy_class_counts
     from fedsynth.client.config import DistillConfig
-    from fedsynth.client.engine import plan
-    from fedsynth.client.head_training import train_head
+    from fedsynth.client.engine import plan, site_head
     from fedsynth.common.partition import partition_indices
 
     config = DistillConfig(front_end="scatter", epsilon=epsilon, **settings).resolved()
+    channels = train_features.shape[1] // 49  # ScatterNet's 7×7 positions of a 28×28 image
     out = []
     for k in range(sites):
         idx = partition_indices(train.labels, sites, k, "dirichlet", alpha, seed)
         site = train.subset(idx)
         mechanism = plan(site, config).mechanism
         secret = 7919 * seed + k + 1
-        released = torch.tensor(noisy_class_counts(site.labels, 10, mechanism, secret + 2), dtype=torch.float64)
         device = train_features.device  # the heads train where the features lie; the maps come back to the CPU
-        head = train_head(train_features[idx.to(device)], site.labels.to(device), 10, head_mechanism(mechanism),
-                          lr=config.head_lr, momentum=0.9, secret=secret)
+        counts, head = site_head(train_features[idx.to(device)], site.labels.to(device), 10, mechanism, config,
+                                 channels, secret)
         joint = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).double().cpu()
+        released = torch.tensor(counts, dtype=torch.float64)
         out.append((joint, torch.bincount(site.labels, minlength=10).double(), released))
         print(f"site {k}: {len(idx)} records, ε = {epsilon:g}", flush=True)
     return out
@@ -130,15 +130,16 @@ HEAD_RULES = {"consensus": "consensus", "vote": "vote", "gated": "gated vote"}  
 
 
 def head_setting(text: str) -> dict:
-    """'BATCH:LR:EPOCHS[:ACCOUNTANT]' → the DistillConfig fields of one site-head setting."""
-    batch, lr, epochs, *accountant = text.split(":")
+    """'BATCH:LR:EPOCHS[:ACCOUNTANT[:MEAN_RELEASES]]' → the DistillConfig fields of one site-head setting."""
+    batch, lr, epochs, *rest = text.split(":")
     return {"head_batch": float(batch), "head_lr": float(lr), "head_epochs": float(epochs),
-            "accountant": accountant[0] if accountant else "rdp"}
+            "accountant": rest[0] if rest else "rdp", "mean_releases": int(rest[1]) if len(rest) > 1 else 0}
 
 
 def _setting(row: dict) -> tuple:
     c = row["config"]
-    return c["head_batch"], c["head_lr"], c["head_epochs"], c.get("accountant", "rdp")
+    return (c["head_batch"], c["head_lr"], c["head_epochs"], c.get("accountant", "rdp"),
+            c.get("mean_releases", FIELDS_BEFORE["mean_releases"]))
 
 
 def heads_table(rows: list[dict]) -> str:
@@ -148,17 +149,17 @@ def heads_table(rows: list[dict]) -> str:
     label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
     columns = [(rule, e) for rule in ("consensus", "vote", "gated") for e in epsilons
                if any(r["epsilon"] == e and r.get(rule) is not None for r in rows)]
-    lines = ["| partition seed | site's head batch | head lr | epochs | σ calibrated by | DP-SGD steps of the median "
-             "site | " + " | ".join(f"{HEAD_RULES[rule]}, {label[e]}" for rule, e in columns) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(columns)]
+    lines = ["| partition seed | site's head batch | head lr | epochs | σ calibrated by | mean-feature releases | "
+             "DP-SGD steps of the median site | " + " | ".join(f"{HEAD_RULES[rule]}, {label[e]}" for rule, e in columns)
+             + " |", "|---|---|---|---|---|---|---|" + "---|" * len(columns)]
     # by partition seed, then as before seeds were listed: the largest batch, rate and epochs first
     for seed, *setting in sorted(sorted({(r["seed"], *_setting(r)) for r in rows}, reverse=True), key=lambda k: k[0]):
         found = {r["epsilon"]: r for r in rows if r["seed"] == seed and list(_setting(r)) == setting}
         cells = [percent(found[e][rule]) if found.get(e, {}).get(rule) is not None else "—" for rule, e in columns]
         steps = next(iter(found.values()))["steps"]
-        batch, lr, epochs, accountant = setting
-        lines.append(f"| {seed} | {batch:g} | {lr:g} | {epochs:g} | {accountant} | {steps} | " + " | ".join(cells)
-                     + " |")
+        batch, lr, epochs, accountant, mean_releases = setting
+        lines.append(f"| {seed} | {batch:g} | {lr:g} | {epochs:g} | {accountant} | {mean_releases} | {steps} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -103,7 +103,7 @@ def _pool_choice(metrics: dict) -> dict:
 ENGINE_KEYS = ("dataset", "delta", "ipc", "steps", "inner-steps", "batch-per-class", "width", "lr-images",
                "replay-epochs", "replay-lr-end", "eval-epochs", "eval-width", "pool-weighting", "release-layers",
                "front-end", "head-epochs", "head-batch", "head-lr", "synthesis-steps", "synthesis-schedule",
-               "class-pull", "temperature", "accountant")
+               "class-pull", "temperature", "accountant", "mean-releases")
 def engine_settings(epsilon: float) -> dict:
     """The engine settings a fedsynth row at target ε ran with (the app's defaults in pyproject.toml, 'auto' ones
     at their value for ε), so a row says what it measured."""

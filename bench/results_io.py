@@ -89,7 +89,8 @@ def app_head_settings(epsilon: float) -> dict[str, Any]:
     """The DP-SGD settings of the app's site heads at target ε, as DistillConfig fields."""
     app = resolved_run_config(epsilon)
     return {"head_batch": float(app["head-batch"]), "head_lr": float(app["head-lr"]),
-            "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"]}
+            "head_epochs": float(app["head-epochs"]), "accountant": app["accountant"],
+            "mean_releases": int(app["mean-releases"])}
 
 
 def read_rows(path: Path) -> list[dict]:

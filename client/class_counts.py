@@ -9,19 +9,12 @@ joins sites with different label mixes (`fedsynth.common.front_end.vote`, `.cons
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from fedsynth.client.random_streams import generator
 from fedsynth.common.privacy.accounting import Mechanism
 
 COUNT_RELEASES = 1  # releases of the mechanism the histogram takes, on top of the head's DP-SGD steps
-
-
-def head_mechanism(mechanism: Mechanism) -> Mechanism:
-    """The share of a front-end run's planned mechanism that its head's DP-SGD takes: all but the histogram."""
-    return replace(mechanism, steps=mechanism.steps - COUNT_RELEASES)
 
 
 def noisy_class_counts(labels: torch.Tensor, num_classes: int, mechanism: Mechanism, secret: int) -> tuple[float, ...]:

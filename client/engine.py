@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from fedsynth.client.class_counts import COUNT_RELEASES, head_mechanism, noisy_class_counts
+from fedsynth.client.class_counts import COUNT_RELEASES, noisy_class_counts
+from fedsynth.client.feature_mean import noisy_feature_mean
 from fedsynth.client.feature_synthesis import soft_labels, synthesise
 from fedsynth.client.head_training import linear_head, train_head
 from fedsynth.client.matching import matching_distance
@@ -140,14 +141,15 @@ def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
     """Sample rate, σ and ε of the run. The record count n enters only through q (public by design, as in DP-SGD).
 
     Pixels: T·K releases at q = batch-per-class · classes / n. A front end: one DP-SGD run of the head,
-    epochs / q steps at q = head-batch / n, and one more release of that mechanism, the class histogram."""
+    epochs / q steps at q = head-batch / n, and more releases of that mechanism before it: the class histogram
+    and the `mean-releases` of the mean feature."""
     config = config.resolved()
     if config.front_end == "none":
         q = config.sample_rate or min(1.0, config.batch_per_class * dataset.num_classes / len(dataset))
         steps = config.releases
     else:
         q = config.sample_rate or min(1.0, config.head_batch / len(dataset))
-        steps = math.ceil(config.head_epochs / q) + COUNT_RELEASES
+        steps = math.ceil(config.head_epochs / q) + releases_before_head(config)
         if steps > MAX_RELEASES:
             raise EngineError(f"{config.head_epochs:g} epochs at q={q:.3g} are {steps} DP-SGD steps, more than "
                               f"{MAX_RELEASES:,}: no run of that length finishes")
@@ -162,6 +164,30 @@ def plan(dataset: ImageDataset, config: DistillConfig) -> Plan:
     if config.private and config.noise_multiplier is None and epsilon > config.epsilon:
         raise EngineError(f"calibrated ε={epsilon} exceeds the target {config.epsilon}")
     return Plan(mechanism, epsilon, config.delta, config.accountant)
+
+
+def releases_before_head(config: DistillConfig) -> int:
+    """A front-end run's releases of its mechanism before the head's DP-SGD: the histogram and the mean feature."""
+    return COUNT_RELEASES + config.mean_releases
+
+
+def head_mechanism(mechanism: Mechanism, config: DistillConfig) -> Mechanism:
+    """The share of a front-end run's planned mechanism that its head's DP-SGD takes."""
+    return replace(mechanism, steps=mechanism.steps - releases_before_head(config))
+
+
+def site_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, mechanism: Mechanism,
+              config: DistillConfig, channels: int, secret: int, progress: bool = False,
+              on_step: Callable[[int], None] | None = None) -> tuple[tuple[float, ...], torch.nn.Linear]:
+    """A front-end run's one mechanism on the records' fixed `features`: the noisy class histogram, the noisy
+    mean feature, then DP-SGD of the head on the features centred by it (a head on the features again)."""
+    config = config.resolved()
+    counts = noisy_class_counts(labels, num_classes, mechanism, secret=secret + 2)
+    centre = noisy_feature_mean(features, mechanism, config.mean_releases, channels, secret=secret + 4)
+    head = train_head(features, labels, num_classes, head_mechanism(mechanism, config), lr=config.head_lr,
+                      momentum=0.9, secret=secret, progress=progress, on_step=on_step,
+                      centre=centre if config.mean_releases else None)
+    return counts, head
 
 
 def _network(dataset: ImageDataset, config: DistillConfig) -> ConvNet:
@@ -434,10 +460,9 @@ def _run_front_end(dataset: ImageDataset, config: DistillConfig, the_plan: Plan,
     """DP-SGD of a linear head on the fixed front end's features (the one mechanism), then images fitted to the
     head and its soft labels on them (post-processing). A resumed run repeats it with the same secret."""
     front_end = build_front_end(config.front_end, dataset.image_shape).to(dev).eval()
-    counts = noisy_class_counts(dataset.labels, dataset.num_classes, the_plan.mechanism, secret=run.secret + 2)
     features = front_end.features(dataset.images.to(dev))  # a fixed map of each record: not a release
-    head = train_head(features, dataset.labels.to(dev), dataset.num_classes, head_mechanism(the_plan.mechanism),
-                      lr=config.head_lr, momentum=0.9, secret=run.secret, progress=progress, on_step=on_step)
+    counts, head = site_head(features, dataset.labels.to(dev), dataset.num_classes, the_plan.mechanism, config,
+                             front_end.feature_channels, run.secret, progress, on_step)
     del features
     images = synthesise(head, front_end, labels.to(dev), steps=config.synthesis_steps,
                         schedule=config.synthesis_schedule, initial=run.tensors["synthetic"].to(dev),

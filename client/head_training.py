@@ -29,10 +29,13 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing", catego
 
 def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, mechanism: Mechanism, *, lr: float,
                momentum: float, secret: int, progress: bool = False, on_step: Callable[[int], None] | None = None,
-               initial: dict[str, torch.Tensor] | None = None) -> torch.nn.Linear:
+               initial: dict[str, torch.Tensor] | None = None, centre: torch.Tensor | None = None) -> torch.nn.Linear:
     """`mechanism.steps` DP-SGD steps of a linear head on `features` [n, D] with `labels`, from zero or from the
-    `initial` state (a FedAvg round's global head)."""
+    `initial` state (a FedAvg round's global head). With `centre` (a released mean feature) it trains on
+    features − centre and returns the same map on the features themselves: bias − W·centre."""
     device = features.device
+    if centre is not None:
+        features = features - centre.to(device)
     n = features.shape[0]
     head = linear_head(features.shape[1], num_classes)
     if initial is not None:
@@ -55,4 +58,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
     for p in head.parameters():
         p.grad_sample = None
         p.grad = None
+    if centre is not None:
+        with torch.no_grad():
+            head.bias -= head.weight @ centre.to(device, head.weight.dtype)
     return head.eval()

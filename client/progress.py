@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 import warnings
 
-from fedsynth.client.class_counts import COUNT_RELEASES, head_mechanism
 from fedsynth.client.config import DistillConfig
-from fedsynth.client.engine import plan
+from fedsynth.client.engine import head_mechanism, plan, releases_before_head
 from fedsynth.common.data import ImageDataset
 from fedsynth.common.privacy.accounting import Mechanism, epsilon_of_history
 
@@ -22,11 +21,11 @@ class SiteProgress:
     def __init__(self, site: str, dataset: ImageDataset, config: DistillConfig, lines: int = 4) -> None:
         self.site, self.config = site, config
         self.plan = plan(dataset, config)
-        # pixels: outer iterations of K releases each; a front end: the class histogram's release, then DP-SGD
-        # steps of one release each
+        # pixels: outer iterations of K releases each; a front end: the class histogram's and the mean feature's
+        # releases, then DP-SGD steps of one release each
         self.pixels = config.front_end == "none"
-        self.before = 0 if self.pixels else COUNT_RELEASES
-        self.total = config.iterations if self.pixels else head_mechanism(self.plan.mechanism).steps
+        self.before = 0 if self.pixels else releases_before_head(config.resolved())
+        self.total = config.iterations if self.pixels else head_mechanism(self.plan.mechanism, config.resolved()).steps
         self.unit, self.per = ("iteration", config.inner_steps) if self.pixels else ("DP-SGD step", 1)
         self.every = max(1, self.total // lines)
         self.started = time.monotonic()

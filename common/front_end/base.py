@@ -21,6 +21,11 @@ class FrontEnd(torch.nn.Module):
         self.image_shape = tuple(int(v) for v in image_shape)
 
     @property
+    def feature_channels(self) -> int:
+        """Channels of the feature map that `forward` flattens (features are channels × positions)."""
+        return self.image_shape[0]
+
+    @property
     def feature_dim(self) -> int:
         with torch.no_grad():
             return int(self(torch.zeros(1, *self.image_shape)).shape[1])

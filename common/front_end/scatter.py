@@ -35,6 +35,10 @@ class ScatterNet(FrontEnd):
         self.scattering = ScatteringTorch2D(J=SCALES, shape=(height, width), L=ORIENTATIONS)
         self.channels = channels * (1 + ORIENTATIONS * SCALES + ORIENTATIONS ** 2 * SCALES * (SCALES - 1) // 2)
 
+    @property
+    def feature_channels(self) -> int:
+        return self.channels
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         coefficients = self.scattering(images.contiguous())  # [N, C, 81, H/4, W/4]
         coefficients = coefficients.flatten(1, 2)

@@ -7,7 +7,7 @@ import torch
 
 import fedsynth.client.engine as engine
 from fedsynth.client.config import auto_value
-from fedsynth.client.engine import DistillConfig, EngineError, distill, plan
+from fedsynth.client.engine import DistillConfig, EngineError, distill, plan, releases_before_head
 from fedsynth.common.data import ImageDataset
 from fedsynth.common.ledger import Ledger
 from fedsynth.common.synthetic_set import content_hash, load_synthetic_set, on_8bit_grid, soft_label_problem
@@ -27,8 +27,10 @@ def test_a_scatter_run_spends_one_dp_sgd_run_and_releases_images_with_soft_label
     claim, synthetic = result.synthetic.claim, result.synthetic
     q = 60 / len(tiny_mnist)
     assert claim.front_end == "scatter" and claim.soft_labels
-    # the head's ⌈epochs / q⌉ DP-SGD steps and the class histogram: one more release of the same mechanism
-    assert claim.sample_rate == pytest.approx(q) and claim.releases == math.ceil(2.0 / q) + 1
+    # the head's ⌈epochs / q⌉ DP-SGD steps, then the class histogram and the mean feature's releases: more
+    # releases of the same mechanism
+    assert DistillConfig(**TINY).mean_releases == 2 and releases_before_head(DistillConfig(**TINY)) == 3
+    assert claim.sample_rate == pytest.approx(q) and claim.releases == math.ceil(2.0 / q) + 3
     true_counts = torch.bincount(tiny_mnist.labels, minlength=10).double()
     sd = claim.noise_multiplier / q  # the histogram's noise in records, before the Poisson sampling's own
     assert len(claim.class_counts) == 10
@@ -48,7 +50,10 @@ def test_a_scatter_run_spends_one_dp_sgd_run_and_releases_images_with_soft_label
 
 def test_the_plan_is_epochs_over_q_steps_and_a_run_that_cannot_finish_is_refused(tiny_mnist):
     the_plan = plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 20.0, "head_batch": 30.0}))
-    assert the_plan.mechanism.steps == 200 + 1  # and the class histogram
+    assert the_plan.mechanism.steps == 200 + 1 + 2  # and the class histogram and the mean feature
+    no_mean = plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 20.0, "head_batch": 30.0, "mean_releases": 0}))
+    assert no_mean.mechanism.steps == 200 + 1
+    assert no_mean.mechanism.noise_multiplier < the_plan.mechanism.noise_multiplier  # the same ε over fewer releases
     with pytest.raises(EngineError, match="no run of that length finishes"):
         plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": 10_000.0, "sample_rate": 0.001}))
 
@@ -59,7 +64,7 @@ def test_auto_head_settings_run_at_their_value_for_the_target_epsilon_and_the_cl
     claim = result.synthetic.claim
     epochs, lr = auto_value("head_epochs", 4.0), auto_value("head_lr", 4.0)
     assert claim.config["head_epochs"] == epochs and claim.config["head_lr"] == lr
-    assert claim.releases == math.ceil(epochs / (60 / len(tiny_mnist))) + 1
+    assert claim.releases == math.ceil(epochs / (60 / len(tiny_mnist))) + 3
     assert plan(tiny_mnist, DistillConfig(**{**TINY, "head_epochs": "auto"})).mechanism == claim.mechanism
 
 
@@ -70,18 +75,21 @@ def _scrambled(dataset: ImageDataset, seed: int) -> ImageDataset:
 
 
 def test_real_data_reaches_the_set_only_through_the_dp_sgd_of_the_head(tiny_mnist, tmp_path, monkeypatch):
-    """Blind the real-data paths (the head's DP-SGD and the noisy class histogram): images, soft labels and
-    released counts must then not depend on the records."""
+    """Blind the real-data paths (the head's DP-SGD, the noisy class histogram and the noisy mean feature):
+    images, soft labels and released counts must then not depend on the records."""
     other = _scrambled(tiny_mnist, 1)
     control_a, control_b = _run(tiny_mnist, tmp_path, "ca").synthetic, _run(other, tmp_path, "cb").synthetic
     assert not torch.equal(control_a.soft_labels, control_b.soft_labels), "control: the records do shape the set"
     assert control_a.claim.class_counts != control_b.claim.class_counts, "control: and the released counts"
 
-    original_head, original_counts = engine.train_head, engine.noisy_class_counts
+    original_head, original_counts, original_mean = engine.train_head, engine.noisy_class_counts, \
+        engine.noisy_feature_mean
     monkeypatch.setattr(engine, "train_head", lambda features, labels, *a, **kw: original_head(
         torch.zeros_like(features), torch.zeros_like(labels), *a, **kw))
     monkeypatch.setattr(engine, "noisy_class_counts", lambda labels, *a, **kw: original_counts(
         torch.zeros_like(labels), *a, **kw))
+    monkeypatch.setattr(engine, "noisy_feature_mean", lambda features, *a, **kw: original_mean(
+        torch.zeros_like(features), *a, **kw))
     blind_a, blind_b = _run(tiny_mnist, tmp_path, "ba").synthetic, _run(other, tmp_path, "bb").synthetic
     assert torch.equal(blind_a.images, blind_b.images)
     assert torch.equal(blind_a.soft_labels, blind_b.soft_labels)

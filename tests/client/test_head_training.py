@@ -67,3 +67,13 @@ def test_poisson_batches_have_the_accounted_rate(monkeypatch):
     train_head(x, y, 3, Mechanism(1.0, 0.1, 300, 1.0), lr=0.1, momentum=0.0, secret=2)
     mean = sum(sizes) / len(sizes)
     assert mean == pytest.approx(20, abs=4 * math.sqrt(200 * 0.1 * 0.9 / 300))
+
+
+def test_a_centred_head_is_trained_on_the_centred_features_and_returned_as_a_map_of_the_features():
+    x, y = _data(n=30, d=6, k=3)
+    centre = torch.linspace(-2.0, 2.0, 6)
+    mech = Mechanism(1.0, 0.5, 4, 0.5)
+    centred = train_head(x, y, 3, mech, lr=0.2, momentum=0.9, secret=5, centre=centre)
+    on_shifted = train_head(x - centre, y, 3, mech, lr=0.2, momentum=0.9, secret=5)
+    assert torch.allclose(centred(x), on_shifted(x - centre), atol=1e-5)
+    assert not torch.allclose(centred(x), train_head(x, y, 3, mech, lr=0.2, momentum=0.9, secret=5)(x), atol=1e-3)
