@@ -47,13 +47,15 @@ def noisy_feature_mean(features: torch.Tensor, mechanism: Mechanism, releases: i
         return torch.zeros(dim, dtype=features.dtype, device=features.device)
     sampling, noise = generator(secret), generator(secret + 1)
     bound = math.sqrt(dim)  # no group-normalised feature exceeds it; a record beyond it is clipped to it
-    x = features.detach().cpu().double()
-    scaled = x / torch.clamp(x.norm(dim=1, keepdim=True) / bound, min=1.0) / bound  # norm ≤ 1: sensitivity C/C
-    total = torch.zeros(dim, dtype=torch.float64)
-    for _ in range(releases):
-        sample = torch.rand(n, generator=sampling) < mechanism.sample_rate
-        total += scaled[sample].sum(0) + mechanism.noise_multiplier * torch.randn(dim, generator=noise,
-                                                                                  dtype=torch.float64)
+    with torch.no_grad():
+        # each record scaled by 1/√D and clipped to norm 1: its contribution has norm ≤ 1, the noise is σ (C cancels)
+        scale = 1.0 / torch.clamp(features.norm(dim=1) / bound, min=1.0) / bound
+        total = torch.zeros(dim, dtype=torch.float64)
+        for _ in range(releases):
+            sample = (torch.rand(n, generator=sampling) < mechanism.sample_rate).nonzero().squeeze(1)
+            sample = sample.to(features.device)  # only the sampled rows are touched: memory of one batch
+            total += (features[sample].double() * scale[sample, None].double()).sum(0).cpu()
+            total += mechanism.noise_multiplier * torch.randn(dim, generator=noise, dtype=torch.float64)
     expected = releases * mechanism.sample_rate * n  # n is public through q, as in the DP-SGD steps' averaging
     mean = bound * total / expected
     noise_std = bound * mechanism.noise_multiplier * math.sqrt(releases) / expected
