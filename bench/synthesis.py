@@ -51,10 +51,17 @@ def _schedule(config: dict) -> str:
     return config.get("synthesis_schedule", FIELDS_BEFORE["synthesis_schedule"])
 
 
+def _mean_releases(config: dict) -> int:
+    """The sites' mean-feature releases a row ran with (rows measured before the setting: none)."""
+    from fedsynth.client.config import FIELDS_BEFORE
+
+    return config.get("mean_releases", FIELDS_BEFORE["mean_releases"])
+
+
 def _key(row: dict) -> tuple:
     c = row["config"]
     return (row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"],
-            _schedule(c))
+            _schedule(c), _mean_releases(c))
 
 
 def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int,
@@ -90,14 +97,15 @@ def _cell(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| ε | partition seed | synthesis steps | schedule | class pull (share of steps) | IPC | "
-             "each site's set / its own head | consensus of the sets | consensus of the heads | vote of the sets | "
-             "vote of the heads | gated vote of the sets / of the heads | seconds per site |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| ε | partition seed | sites' mean-feature releases | synthesis steps | schedule | class pull (share of "
+             "steps) | IPC | each site's set / its own head | consensus of the sets | consensus of the heads | vote of "
+             "the sets | vote of the heads | gated vote of the sets / of the heads | seconds per site |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        lines.append(f"| {epsilon} | {r['seed']} | {c['synthesis_steps']} | {_schedule(c)} | {c['class_pull']:g} | "
+        lines.append(f"| {epsilon} | {r['seed']} | {_mean_releases(c)} | {c['synthesis_steps']} | {_schedule(c)} | "
+                     f"{c['class_pull']:g} | "
                      f"{c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
                      f"{percent(r['consensus_heads'])} | {_cell(r.get('vote_sets'))} | {_cell(r.get('vote_heads'))} | "

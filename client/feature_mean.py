@@ -9,7 +9,8 @@ mechanism: each sums a Poisson sample (rate q) of the records' features scaled b
 accounts for them as composed releases. Averaging the releases and dividing by q·n gives μ with noise σ√D/(q·n·√k)
 per coordinate; arranged as a channels × positions matrix, the mean is nearly low-rank and the noise is not, so
 singular values below the Gavish–Donoho threshold for that known noise level are dropped (post-processing).
-The head is trained on x − μ and then folded back, bias − W·μ, so what leaves the site is a head on x.
+The head trains on x − μ with μ's direction projected out and keeps no weight along it (`train_head`), so
+W·μ = 0 and what leaves the site is the same head on x, its bias as small as without the centre.
 """
 
 from __future__ import annotations

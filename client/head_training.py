@@ -32,10 +32,17 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
                initial: dict[str, torch.Tensor] | None = None, centre: torch.Tensor | None = None) -> torch.nn.Linear:
     """`mechanism.steps` DP-SGD steps of a linear head on `features` [n, D] with `labels`, from zero or from the
     `initial` state (a FedAvg round's global head). With `centre` (a released mean feature) it trains on
-    features − centre and returns the same map on the features themselves: bias − W·centre."""
+    features − centre with the centre's direction u projected out, and returns the head with no weight along u:
+    then W·centre = 0, so it is the same map on the features themselves, bias unchanged. Folding a centre into
+    the bias instead (bias − W·centre) leaves logit offsets of several units that a set's span cannot carry
+    (bench/RESULTS.md)."""
     device = features.device
-    if centre is not None:
-        features = features - centre.to(device)
+    direction = None
+    if centre is not None and float(centre.norm()) > 0:
+        centre = centre.to(device, features.dtype)
+        direction = centre / centre.norm()
+        features = features - centre
+        features = features - (features @ direction)[:, None] * direction
     n = features.shape[0]
     head = linear_head(features.shape[1], num_classes)
     if initial is not None:
@@ -58,7 +65,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
     for p in head.parameters():
         p.grad_sample = None
         p.grad = None
-    if centre is not None:
-        with torch.no_grad():
-            head.bias -= head.weight @ centre.to(device, head.weight.dtype)
+    if direction is not None:
+        with torch.no_grad():  # post-processing: along u the head never saw a feature, only noise
+            head.weight -= (head.weight @ direction)[:, None] * direction
     return head.eval()

@@ -69,11 +69,15 @@ def test_poisson_batches_have_the_accounted_rate(monkeypatch):
     assert mean == pytest.approx(20, abs=4 * math.sqrt(200 * 0.1 * 0.9 / 300))
 
 
-def test_a_centred_head_is_trained_on_the_centred_features_and_returned_as_a_map_of_the_features():
+def test_a_centred_head_trains_without_the_centres_direction_and_is_the_same_map_on_the_raw_features():
     x, y = _data(n=30, d=6, k=3)
     centre = torch.linspace(-2.0, 2.0, 6)
+    u = centre / centre.norm()
     mech = Mechanism(1.0, 0.5, 4, 0.5)
     centred = train_head(x, y, 3, mech, lr=0.2, momentum=0.9, secret=5, centre=centre)
-    on_shifted = train_head(x - centre, y, 3, mech, lr=0.2, momentum=0.9, secret=5)
-    assert torch.allclose(centred(x), on_shifted(x - centre), atol=1e-5)
+    inputs = (x - centre) - ((x - centre) @ u)[:, None] * u  # what DP-SGD saw
+    on_inputs = train_head(inputs, y, 3, mech, lr=0.2, momentum=0.9, secret=5)
+    assert torch.allclose(centred(x), on_inputs(inputs), atol=1e-5)  # the same map, on the raw features
+    assert torch.allclose(centred.weight @ u, torch.zeros(3), atol=1e-6)  # no weight along the centre
+    assert torch.allclose(centred.bias, on_inputs.bias)  # nothing folded into the bias
     assert not torch.allclose(centred(x), train_head(x, y, 3, mech, lr=0.2, momentum=0.9, secret=5)(x), atol=1e-3)
