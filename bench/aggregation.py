@@ -28,8 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.results_io import add_federation_arguments, app_head_settings, merge_rows, percent  # noqa: E402
-from bench.results_io import update_readme_block  # noqa: E402
-from fedsynth.client.config import FIELDS_BEFORE  # noqa: E402
+from bench.results_io import field_ran_with, update_readme_block  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "aggregation.json"
 HEADS_OUT = ROOT / "bench" / "results" / "site_heads.json"
@@ -49,10 +48,11 @@ def site_heads(train, train_features, sites: int, alpha: float, epsilon: float, 
     (`settings`: DistillConfig fields that differ from the engine's defaults, e.g. head_batch)."""
     from fedsynth.client.config import DistillConfig
     from fedsynth.client.engine import plan, site_head
+    from fedsynth.common.front_end import build_front_end
     from fedsynth.common.partition import partition_indices
 
     config = DistillConfig(front_end="scatter", epsilon=epsilon, **settings).resolved()
-    channels = train_features.shape[1] // 49  # ScatterNet's 7×7 positions of a 28×28 image
+    channels = build_front_end("scatter", train.image_shape).feature_channels
     out = []
     for k in range(sites):
         idx = partition_indices(train.labels, sites, k, "dirichlet", alpha, seed)
@@ -139,7 +139,7 @@ def head_setting(text: str) -> dict:
 def _setting(row: dict) -> tuple:
     c = row["config"]
     return (c["head_batch"], c["head_lr"], c["head_epochs"], c.get("accountant", "rdp"),
-            c.get("mean_releases", FIELDS_BEFORE["mean_releases"]))
+            field_ran_with(c, "mean_releases"))
 
 
 def heads_table(rows: list[dict]) -> str:

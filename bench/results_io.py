@@ -93,6 +93,14 @@ def app_head_settings(epsilon: float) -> dict[str, Any]:
             "mean_releases": int(app["mean-releases"])}
 
 
+def field_ran_with(config: dict, name: str) -> Any:
+    """The DistillConfig field `name` a bench row's config ran with (rows measured before the setting existed:
+    its `before` value)."""
+    from fedsynth.client.config import FIELDS_BEFORE
+
+    return config.get(name, FIELDS_BEFORE[name])
+
+
 def read_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.aggregation import accuracy, features, site_heads, vote_on_features  # noqa: E402
 from bench.results_io import add_federation_arguments, app_run_config, merge_files, merge_rows, percent  # noqa: E402
+from bench.results_io import field_ran_with  # noqa: E402
 from bench.results_io import add_share_arguments, read_rows  # noqa: E402
 from bench.results_io import app_head_settings, update_readme_block  # noqa: E402
 
@@ -44,24 +45,10 @@ def synthesis_setting(text: str) -> dict:
             "synthesis_schedule": rest[1] if len(rest) > 1 else DistillConfig().synthesis_schedule}
 
 
-def _schedule(config: dict) -> str:
-    """The synthesis schedule a row ran with (rows measured before the setting: what the engine ran then)."""
-    from fedsynth.client.config import FIELDS_BEFORE
-
-    return config.get("synthesis_schedule", FIELDS_BEFORE["synthesis_schedule"])
-
-
-def _mean_releases(config: dict) -> int:
-    """The sites' mean-feature releases a row ran with (rows measured before the setting: none)."""
-    from fedsynth.client.config import FIELDS_BEFORE
-
-    return config.get("mean_releases", FIELDS_BEFORE["mean_releases"])
-
-
 def _key(row: dict) -> tuple:
     c = row["config"]
     return (row["epsilon"] or math.inf, row["seed"], row["sites"], c["synthesis_steps"], c["class_pull"], c["ipc"],
-            _schedule(c), _mean_releases(c))
+            field_ran_with(c, "synthesis_schedule"), field_ran_with(c, "mean_releases"))
 
 
 def recovered_map(joint: torch.Tensor, front_end, setting: dict, temperature: float, seed: int,
@@ -104,7 +91,8 @@ def table(rows: list[dict]) -> str:
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        lines.append(f"| {epsilon} | {r['seed']} | {_mean_releases(c)} | {c['synthesis_steps']} | {_schedule(c)} | "
+        lines.append(f"| {epsilon} | {r['seed']} | {field_ran_with(c, 'mean_releases')} | {c['synthesis_steps']} | "
+                     f"{field_ran_with(c, 'synthesis_schedule')} | "
                      f"{c['class_pull']:g} | "
                      f"{c['ipc']} | "
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "

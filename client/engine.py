@@ -185,8 +185,7 @@ def site_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, me
     counts = noisy_class_counts(labels, num_classes, mechanism, secret=secret + 2)
     centre = noisy_feature_mean(features, mechanism, config.mean_releases, channels, secret=secret + 4)
     head = train_head(features, labels, num_classes, head_mechanism(mechanism, config), lr=config.head_lr,
-                      momentum=0.9, secret=secret, progress=progress, on_step=on_step,
-                      centre=centre if config.mean_releases else None)
+                      momentum=0.9, secret=secret, progress=progress, on_step=on_step, centre=centre)
     return counts, head
 
 

@@ -31,7 +31,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
                momentum: float, secret: int, progress: bool = False, on_step: Callable[[int], None] | None = None,
                initial: dict[str, torch.Tensor] | None = None, centre: torch.Tensor | None = None) -> torch.nn.Linear:
     """`mechanism.steps` DP-SGD steps of a linear head on `features` [n, D] with `labels`, from zero or from the
-    `initial` state (a FedAvg round's global head). With `centre` (a released mean feature) it trains on
+    `initial` state (a FedAvg round's global head). With a non-zero `centre` (a released mean feature) it trains on
     features − centre with the centre's direction u projected out, and returns the head with no weight along u:
     then W·centre = 0, so it is the same map on the features themselves, bias unchanged. Folding a centre into
     the bias instead (bias − W·centre) leaves logit offsets of several units that a set's span cannot carry

@@ -24,8 +24,8 @@ class SiteProgress:
         # pixels: outer iterations of K releases each; a front end: the class histogram's and the mean feature's
         # releases, then DP-SGD steps of one release each
         self.pixels = config.front_end == "none"
-        self.before = 0 if self.pixels else releases_before_head(config.resolved())
-        self.total = config.iterations if self.pixels else head_mechanism(self.plan.mechanism, config.resolved()).steps
+        self.before = 0 if self.pixels else releases_before_head(config)
+        self.total = config.iterations if self.pixels else head_mechanism(self.plan.mechanism, config).steps
         self.unit, self.per = ("iteration", config.inner_steps) if self.pixels else ("DP-SGD step", 1)
         self.every = max(1, self.total // lines)
         self.started = time.monotonic()
