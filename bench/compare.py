@@ -371,7 +371,9 @@ def versus(rows: list[dict]) -> str:
     for mine in (r for r in rows if r["method"] == "fedsynth"):
         if mine.get("front_end", "none") == "scatter":
             r = tuned.get(mine["epsilon"]) if mine["partition"] == "dirichlet" else None
-            peer = None if r is None else f"ScatterNet head, tuned ({r['rounds']} rounds, lr {r['lr']:g})"
+            peer = None if r is None else (f"ScatterNet head, tuned ({r['rounds']} rounds, lr {r['lr']:g}"
+                                           + (f", centred by {r['mean_releases']} releases" if r["mean_releases"] else "")
+                                           + ")")
         else:
             r = next((f for f in rows if f["method"] == "dp-fedavg" and f["partition"] == mine["partition"]
                       and f["epsilon"] == mine["epsilon"]), None)
@@ -458,7 +460,8 @@ def _tuned_fedavg_line() -> list[str]:
     if not peer:
         return []
     cells = ["—" if e not in peer else
-             f"{percent(peer[e]['accuracy_mean'], peer[e]['accuracy_std'])} % ({peer[e]['rounds']} rounds)"
+             f"{percent(peer[e]['accuracy_mean'], peer[e]['accuracy_std'])} % ({peer[e]['rounds']} rounds"
+             + (", centred" if peer[e]["mean_releases"] else "") + ")"
              for e in (1.0, 10.0)]
     sent = " / ".join(dict.fromkeys(f"{peer[e]['bytes_total'] / 2**20:.0f}" for e in (1.0, 10.0) if e in peer)) + " MiB"
     tried = max(p["settings_tried"] for p in peer.values())

@@ -5,8 +5,11 @@ every round runs `local-epochs` of DP-SGD of the global linear head (client/head
 Opacus, the same code the Flower baseline runs) with σ calibrated once for all its rounds, so it
 ends at (ε, δ); the server averages the heads weighted by records (Flower's FedAvg). The grid
 covers rounds ∈ {10, 30, 50} × learning rate; with every record clipped, C and the learning
-rate only act through their product, so sweeping one sweeps both. Test accuracy picks the best
-setting — tuning on the test split favours the peer. Writes bench/results/fedavg_sweep.json (rows merged by
+rate only act through their product, so sweeping one sweeps both. With `--mean-releases k` each site
+first makes k releases of its own mechanism for a noisy mean feature (client/feature_mean.py, as the
+fedsynth engine does), the server averages them by records, and every site's DP-SGD trains on the
+features centred by that mean: σ is calibrated for the k releases and all the rounds together. Test
+accuracy picks the best setting — tuning on the test split favours the peer. Writes bench/results/fedavg_sweep.json (rows merged by
 ε, federation, seed, rounds and learning rate) and its table in bench/RESULTS.md.
 
     .venv/bin/python bench/fedavg_sweep.py --epsilon 1 10
@@ -34,18 +37,47 @@ BATCH = 1024  # expected records per local DP-SGD step
 OUT = ROOT / "bench" / "results" / "fedavg_sweep.json"
 
 
-def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int) -> float:
-    """Test accuracy of the global head after `rounds` rounds of DP-FedAvg (on the features' device)."""
-    from fedsynth.client.head_training import train_head
+def site_plan(records: int, rounds: int, epsilon: float, mean_releases: int):
+    """A site's DP-SGD plan for all its rounds, σ calibrated for `mean_releases` more releases of the same mechanism."""
+    from dataclasses import replace
+
     from fedsynth.client.local_training import plan_dp_sgd
+    from fedsynth.common.privacy.accounting import calibrate_noise_multiplier
+
+    plan = plan_dp_sgd(records, BATCH, 1, rounds, epsilon, 1e-5, 1.0)
+    if mean_releases == 0 or plan.noise_multiplier == 0:
+        return plan
+    steps = rounds * plan.steps_per_round + mean_releases
+    return replace(plan, noise_multiplier=calibrate_noise_multiplier(epsilon, plan.delta, plan.sample_rate, steps,
+                                                                     plan.accountant))
+
+
+def federated_mean(sites: list, plans: list, mean_releases: int, channels: int, seed: int) -> torch.Tensor | None:
+    """The record-weighted average of the sites' noisy mean features (None without releases)."""
+    from fedsynth.client.feature_mean import noisy_feature_mean
+
+    if mean_releases == 0:
+        return None
+    # stream 999 lies past every round's streams (seed * 1000 + round + 7919 * site, rounds < 998)
+    means = [noisy_feature_mean(x, plan.mechanism(1), mean_releases, channels, secret=seed * 1000 + 7919 * k + 999)
+             for k, ((x, _), plan) in enumerate(zip(sites, plans))]
+    return sum(m * len(y) for m, (_, y) in zip(means, sites)) / sum(len(y) for _, y in sites)
+
+
+def run(sites: list, test, rounds: int, lr: float, epsilon: float, seed: int, mean_releases: int = 0,
+        channels: int = 1) -> float:
+    """Test accuracy of the global head after `rounds` rounds of DP-FedAvg (on the features' device), centred on
+    the federation's noisy mean feature when `mean_releases` > 0."""
+    from fedsynth.client.head_training import train_head
     from fedsynth.common.models import linear_head
 
     global_head = linear_head(test[0].shape[1], 10).to(test[0].device)
-    plans = [plan_dp_sgd(len(y), BATCH, 1, rounds, epsilon, 1e-5, 1.0) for _, y in sites]
+    plans = [site_plan(len(y), rounds, epsilon, mean_releases) for _, y in sites]
+    centre = federated_mean(sites, plans, mean_releases, channels, seed)
     for r in range(1, rounds + 1):
         state = global_head.state_dict()
         heads = [train_head(x, y, 10, plan.mechanism(1), lr=lr, momentum=0.9, secret=seed * 1000 + r + 7919 * k,
-                            initial=state) for k, ((x, y), plan) in enumerate(zip(sites, plans))]
+                            initial=state, centre=centre) for k, ((x, y), plan) in enumerate(zip(sites, plans))]
         total = sum(len(y) for _, y in sites)
         with torch.no_grad():
             for name, param in global_head.named_parameters():
@@ -65,19 +97,29 @@ def tuned(rows: list[dict], sites: int = 10, alpha: float = 0.5) -> dict[float, 
         if not grid:
             continue
         best = max(grid, key=lambda r: r["accuracy"])
-        setting = best["rounds"], best["lr"]
-        runs = sorted((r for r in rows if r["epsilon"] == epsilon and (r["rounds"], r["lr"]) == setting),
+        runs = sorted((r for r in rows if r["epsilon"] == epsilon and _setting(r) == _setting(best)),
                       key=lambda r: r["seed"])
         scores = [r["accuracy"] for r in runs]
-        out[epsilon] = {"rounds": best["rounds"], "lr": best["lr"], "settings_tried": len(grid),
+        out[epsilon] = {"rounds": best["rounds"], "lr": best["lr"], "mean_releases": _mean_releases(best),
+                        "settings_tried": len(grid),
                         "accuracy_mean": statistics.fmean(scores),
                         "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else None,
                         "seeds": [r["seed"] for r in runs], "bytes_total": best["bytes_total"]}
     return out
 
 
+def _mean_releases(row: dict) -> int:
+    """The releases a row spent on centring (rows from before the setting existed spent none)."""
+    return row.get("mean_releases", 0)
+
+
+def _setting(row: dict) -> tuple:
+    """What the sweep tunes: rounds, learning rate, and the releases spent on centring."""
+    return row["rounds"], row["lr"], _mean_releases(row)
+
+
 def _row_key(row: dict) -> tuple:
-    return row["epsilon"], row["sites"], row["alpha"], row["seed"], row["rounds"], row["lr"]
+    return (row["epsilon"], row["sites"], row["alpha"], row["seed"]) + _setting(row)
 
 
 def _cell(run: dict | None, best: dict) -> str:
@@ -89,16 +131,18 @@ def _cell(run: dict | None, best: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """One line per (ε, federation, seed, rounds measured): accuracy at each learning rate, the group's best in bold."""
+    """One line per (ε, federation, seed, rounds and centring measured): accuracy at each learning rate, the
+    group's best in bold."""
     lrs = sorted({r["lr"] for r in rows})
     lines = ["| ε | sites (α) | seed | rounds | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
              "|---|---|---|---|" + "---|" * len(lrs)]
     for group in sorted({_row_key(r)[:4] for r in rows}):
-        runs = {(r["rounds"], r["lr"]): r for r in rows if _row_key(r)[:4] == group}
+        runs = {_setting(r): r for r in rows if _row_key(r)[:4] == group}
         best = max(runs.values(), key=lambda r: r["accuracy"])
-        for n in sorted({rounds for rounds, _ in runs}):
-            cells = [_cell(runs.get((n, lr)), best) for lr in lrs]
-            lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {n} | " + " | ".join(cells) + " |")
+        for n, k in sorted({(rounds, k) for rounds, _, k in runs}):
+            cells = [_cell(runs.get((n, lr, k)), best) for lr in lrs]
+            label = f"{n}, centred ({k})" if k else f"{n}"
+            lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -107,6 +151,8 @@ def main() -> int:
     add_federation_arguments(parser)
     parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
     parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
+    parser.add_argument("--mean-releases", type=int, nargs="+", default=[0],
+                        help="releases of each site's mechanism for the mean feature the heads are centred on (0: none)")
     add_share_arguments(parser, OUT, "where the features and heads live (cpu, cuda)")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the RESULTS table from the JSON")
     args = parser.parse_args()
@@ -135,16 +181,16 @@ def main() -> int:
     # the head down and the update up, every round, counted as the Flower baseline's server counts them
     model_bytes = sum(v.numel() * v.element_size() for v in linear_head(features.shape[1], 10).state_dict().values())
     versions, rows = library_versions(), []
-    for epsilon, rounds, lr in itertools.product(args.epsilon, args.rounds, args.lr):
+    for epsilon, rounds, lr, k in itertools.product(args.epsilon, args.rounds, args.lr, args.mean_releases):
         started = time.time()
-        acc = run(sites, (test_features, test_labels), rounds, lr, epsilon, args.seed)
+        acc = run(sites, (test_features, test_labels), rounds, lr, epsilon, args.seed, k, front_end.feature_channels)
         rows = merge_rows(args.out, "fedavg_sweep", [{
             "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
-            "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "batch": BATCH, "local_epochs": 1,
+            "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "mean_releases": k, "batch": BATCH, "local_epochs": 1,
             "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
             "bytes_total": 2 * rounds * args.sites * model_bytes,
             "device": str(device), "seed": args.seed, "versions": versions}], key=_row_key)
-        print(f"ε={epsilon:g} rounds={rounds} lr={lr}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
+        print(f"ε={epsilon:g} rounds={rounds} lr={lr} mean-releases={k}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
         if args.out == OUT:
             update_readme_block("fedavg_sweep", table(rows))
     print(table(rows))

@@ -30,3 +30,30 @@ def test_the_setting_is_chosen_on_seed_zero_and_scored_on_every_seed_run_at_it()
 
 def test_a_federation_measured_only_on_other_seeds_has_no_tuned_peer():
     assert tuned([_row(1, 50, 0.2, 0.9)]) == {}
+
+
+def test_centring_is_a_setting_of_its_own():
+    centred = dict(_row(0, 100, 0.1, 0.87), mean_releases=2)
+    rows = [_row(0, 100, 0.1, 0.86), centred, _row(1, 100, 0.1, 0.99),  # seed 1 uncentred: not the chosen setting
+            dict(_row(1, 100, 0.1, 0.85), mean_releases=2)]
+    one = tuned(rows)[1.0]
+    assert (one["mean_releases"], one["seeds"], one["settings_tried"]) == (2, [0, 1], 2)
+    assert one["accuracy_mean"] == pytest.approx(0.86)
+
+
+def test_the_centred_peer_pays_for_its_mean_and_trains_on_the_federations_mean():
+    import torch
+
+    from bench.fedavg_sweep import federated_mean, run, site_plan
+
+    assert site_plan(6000, 10, 1.0, 2).noise_multiplier > site_plan(6000, 10, 1.0, 0).noise_multiplier
+    assert site_plan(6000, 10, float("inf"), 2).noise_multiplier == 0
+    torch.manual_seed(0)
+    # different means and sizes (an unweighted average is wrong), every feature within the public bound √D
+    sites = [(0.5 * torch.rand(n, 8) + 0.3 * k, torch.arange(n) % 2) for k, n in enumerate((40, 20))]
+    plans = [site_plan(len(y), 1, float("inf"), 1) for _, y in sites]
+    assert federated_mean(sites, plans, 0, 1, seed=0) is None
+    centre = federated_mean(sites, plans, 1, 1, seed=0)  # q = 1, no noise: the exact mean of all records
+    assert torch.allclose(centre, torch.cat([x for x, _ in sites]).mean(0), atol=1e-5)
+    test = (torch.cat([x for x, _ in sites]), torch.cat([y for _, y in sites]))
+    assert 0.0 <= run(sites, test, 1, 0.1, 1.0, seed=0, mean_releases=2) <= 1.0
