@@ -371,9 +371,8 @@ def versus(rows: list[dict]) -> str:
     for mine in (r for r in rows if r["method"] == "fedsynth"):
         if mine.get("front_end", "none") == "scatter":
             r = tuned.get(mine["epsilon"]) if mine["partition"] == "dirichlet" else None
-            peer = None if r is None else (f"ScatterNet head, tuned ({r['rounds']} rounds, lr {r['lr']:g}"
-                                           + (f", centred by {r['mean_releases']} releases" if r["mean_releases"] else "")
-                                           + ")")
+            centred = f", centred by {r['mean_releases']} releases" if r is not None and r["mean_releases"] else ""
+            peer = None if r is None else f"ScatterNet head, tuned ({r['rounds']} rounds, lr {r['lr']:g}{centred})"
         else:
             r = next((f for f in rows if f["method"] == "dp-fedavg" and f["partition"] == mine["partition"]
                       and f["epsilon"] == mine["epsilon"]), None)

@@ -9,8 +9,9 @@ rate only act through their product, so sweeping one sweeps both. With `--mean-r
 first makes k releases of its own mechanism for a noisy mean feature (client/feature_mean.py, as the
 fedsynth engine does), the server averages them by records, and every site's DP-SGD trains on the
 features centred by that mean: σ is calibrated for the k releases and all the rounds together. Test
-accuracy picks the best setting — tuning on the test split favours the peer. Writes bench/results/fedavg_sweep.json (rows merged by
-ε, federation, seed, rounds and learning rate) and its table in bench/RESULTS.md.
+accuracy picks the best setting — tuning on the test split favours the peer. Writes
+bench/results/fedavg_sweep.json (rows merged by ε, federation, seed, rounds, learning rate and mean
+releases) and its table in bench/RESULTS.md.
 
     .venv/bin/python bench/fedavg_sweep.py --epsilon 1 10
 """
@@ -142,7 +143,8 @@ def table(rows: list[dict]) -> str:
         for n, k in sorted({(rounds, k) for rounds, _, k in runs}):
             cells = [_cell(runs.get((n, lr, k)), best) for lr in lrs]
             label = f"{n}, centred ({k})" if k else f"{n}"
-            lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {group[0]:g} | {group[1]} ({group[2]:g}) | {group[3]} | {label} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -152,7 +154,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
     parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
     parser.add_argument("--mean-releases", type=int, nargs="+", default=[0],
-                        help="releases of each site's mechanism for the mean feature the heads are centred on (0: none)")
+                        help="releases of each site's mechanism for the mean feature the heads are centred on "
+                             "(0: none)")
     add_share_arguments(parser, OUT, "where the features and heads live (cpu, cuda)")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate the RESULTS table from the JSON")
     args = parser.parse_args()
@@ -180,17 +183,19 @@ def main() -> int:
 
     # the head down and the update up, every round, counted as the Flower baseline's server counts them
     model_bytes = sum(v.numel() * v.element_size() for v in linear_head(features.shape[1], 10).state_dict().values())
+    mean_bytes = features.shape[1] * features.element_size()  # a centred peer's mean up, the federation's down
     versions, rows = library_versions(), []
     for epsilon, rounds, lr, k in itertools.product(args.epsilon, args.rounds, args.lr, args.mean_releases):
         started = time.time()
         acc = run(sites, (test_features, test_labels), rounds, lr, epsilon, args.seed, k, front_end.feature_channels)
         rows = merge_rows(args.out, "fedavg_sweep", [{
             "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
-            "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "mean_releases": k, "batch": BATCH, "local_epochs": 1,
-            "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
-            "bytes_total": 2 * rounds * args.sites * model_bytes,
+            "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "mean_releases": k, "batch": BATCH,
+            "local_epochs": 1, "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
+            "bytes_total": 2 * rounds * args.sites * model_bytes + (2 * args.sites * mean_bytes if k else 0),
             "device": str(device), "seed": args.seed, "versions": versions}], key=_row_key)
-        print(f"ε={epsilon:g} rounds={rounds} lr={lr} mean-releases={k}: {100 * acc:.2f} % ({time.time() - started:.0f} s)", flush=True)
+        print(f"ε={epsilon:g} rounds={rounds} lr={lr} mean-releases={k}: {100 * acc:.2f} % "
+              f"({time.time() - started:.0f} s)", flush=True)
         if args.out == OUT:
             update_readme_block("fedavg_sweep", table(rows))
     print(table(rows))
