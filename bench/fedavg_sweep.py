@@ -191,7 +191,8 @@ def main() -> int:
         rows = merge_rows(args.out, "fedavg_sweep", [{
             "method": "dp-fedavg", "front_end": "scatter", "partition": "dirichlet", "alpha": args.alpha,
             "sites": args.sites, "epsilon": epsilon, "rounds": rounds, "lr": lr, "mean_releases": k, "batch": BATCH,
-            "local_epochs": 1, "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc, "seconds": time.time() - started,
+            "local_epochs": 1, "clip_norm": 1.0, "accountant": DEFAULT_ACCOUNTANT, "accuracy": acc,
+            "seconds": time.time() - started,
             "bytes_total": 2 * rounds * args.sites * model_bytes + (2 * args.sites * mean_bytes if k else 0),
             "device": str(device), "seed": args.seed, "versions": versions}], key=_row_key)
         print(f"ε={epsilon:g} rounds={rounds} lr={lr} mean-releases={k}: {100 * acc:.2f} % "
