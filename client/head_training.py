@@ -41,8 +41,15 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
     if centre is not None and float(centre.norm()) > 0:
         centre = centre.to(device, features.dtype)
         direction = centre / centre.norm()
-        features = features - centre
-        features = features - (features @ direction)[:, None] * direction
+
+    def inputs(rows: torch.Tensor) -> torch.Tensor:
+        """The rows as the head sees them: centred and without the centre's direction (per batch: no copy of
+        all the features, which for one party holding 60,000 records would be another gigabyte)."""
+        if direction is None:
+            return rows
+        rows = rows - centre
+        return rows - (rows @ direction)[:, None] * direction
+
     n = features.shape[0]
     head = linear_head(features.shape[1], num_classes)
     if initial is not None:
@@ -58,7 +65,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, m
         batch = (torch.rand(n, generator=sampling) < mechanism.sample_rate).nonzero().squeeze(1).to(device)
         optimizer.zero_grad(set_to_none=True)
         # an empty Poisson batch still takes its step: Opacus clips nothing and adds the noise, as accounted
-        F.cross_entropy(module(features[batch]), labels[batch], reduction="sum").backward()
+        F.cross_entropy(module(inputs(features[batch])), labels[batch], reduction="sum").backward()
         optimizer.step()
         if on_step is not None:
             on_step(step + 1)
