@@ -109,7 +109,7 @@ PROFILES = {
     # C = 0.1, lr 4)
     "scatter": dict(distill=dict(front_end="scatter", iterations=1), eval_epochs=None),
     # the same with the head's inputs centred on a noisy mean feature from 2 more releases, pinned (the engine's
-    # default now; the `scatter` rows recorded ran without, which their config says)
+    # default; the `scatter` rows recorded ran without it, as their config says)
     "scatter-centred": dict(distill=dict(front_end="scatter", iterations=1, mean_releases=2), eval_epochs=None),
 }
 # PSG's scale releasing only the last two weight layers (the engine's default), for a GPU
