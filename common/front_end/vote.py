@@ -5,17 +5,22 @@ A site's DP head knows class y as well as its data held y. So the round's model 
 
     score_y(x) = Σ_s w_sy · p_s(y | x),   w_sy = n_sy / Σ_s' n_s'y,
 
-with p_s the site's own softmax (its recovered logits times the soft labels' temperature, which the
-recovery divides out) and n_sy the site's released noisy class counts (`Claim.class_counts`, ≥ 0). A site
-with no records of y has no say on y. Unlike the pairwise consensus (`consensus.py`), which asks one
-linear head to agree with all sites, the vote is a mixture of the sites' heads and not itself linear; on
-the same ten DP heads it scores above the consensus (bench/RESULTS.md).
+with p_s the site's own softmax, tempered (its recovered logits times the soft labels' temperature, which
+the recovery divides out, times `SITE_LOGIT_SCALE`) and n_sy the site's released noisy class counts
+(`Claim.class_counts`, ≥ 0). A site with no records of y has no say on y. Unlike the pairwise consensus
+(`consensus.py`), which asks one linear head to agree with all sites, the vote is a mixture of the sites'
+heads and not itself linear; on the same ten DP heads it scores above the consensus (bench/RESULTS.md).
 
 The gated vote (`gate_iterations` > 0) weighs each site per input instead of per class. When sites differ
 only in their label mix (p_s(y | x) = π_s(y) p(x | y) / p_s(x)), the pooled posterior is exactly the mixture
 Σ_s g_s(x) p_s(y | x) with gate g_s(x) = P(x came from site s) ∝ Σ_y w_sy p(y | x): how much of the classes
 that x looks like the site held. The gate needs the posterior it produces, so it starts from the class-wise
 vote and iterates to that fixed point; the heads and counts it uses are the same released ones.
+
+A DP head is over-confident on inputs unlike its own records, and a mixture follows its most confident
+member; tempering every site's logits by `SITE_LOGIT_SCALE` before its softmax lifts the gated vote on every
+measured federation (bench/RESULTS.md); the exact recovery above assumes untempered heads. A site's own
+argmax, and so a one-site vote's, is unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fedsynth.common.data import to_pixel_space
 from fedsynth.common.front_end.base import FrontEnd
 
 GATE_ITERATIONS = 10  # of the gated vote: enough to settle on the measured federations (bench/RESULTS.md)
+SITE_LOGIT_SCALE = 0.5  # each site's recovered logits are tempered by this in the vote (bench/RESULTS.md)
 
 
 def vote_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,8 @@ class FrontEndVote(torch.nn.Module):
 
 def vote_of_maps(front_end: FrontEnd, maps: list[torch.Tensor], counts: torch.Tensor, temperatures: torch.Tensor,
                  gate_iterations: int = 0) -> FrontEndVote:
-    """The vote of site maps recovered from soft labels at `temperatures` [S] (each map scaled back by its own)."""
-    scaled = [m * float(t) for m, t in zip(maps, temperatures)]
+    """The vote of site maps recovered from soft labels at `temperatures` [S], each map scaled back by its own
+    temperature and tempered by `SITE_LOGIT_SCALE`."""
+    scaled = [m * (float(t) * SITE_LOGIT_SCALE) for m, t in zip(maps, temperatures)]
     return FrontEndVote.from_maps(front_end.cpu().eval(), scaled, counts, gate_iterations)
 

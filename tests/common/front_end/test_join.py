@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedsynth.common.front_end.join import JOIN_RULES, join_site_maps
-from fedsynth.common.front_end.vote import FrontEndVote
+from fedsynth.common.front_end.vote import SITE_LOGIT_SCALE, FrontEndVote
 
 
 class _Identity(torch.nn.Module):
@@ -22,8 +22,9 @@ def test_each_rule_makes_its_model_and_the_votes_differ_only_in_the_gate():
     assert models["consensus"].head.weight.shape == (3, 4)
     gated, vote = models["gated"], models["vote"]
     assert isinstance(gated, FrontEndVote) and gated.gate_iterations > 0 and vote.gate_iterations == 0
-    # both votes keep each site's map scaled back by its own soft labels' temperature
-    assert torch.allclose(vote.heads.weight, torch.cat([4.0 * MAPS[0][:, :-1], 2.0 * MAPS[1][:, :-1]]).float())
+    # both votes keep each site's map scaled back by its own soft labels' temperature, then tempered
+    scaled = torch.cat([4.0 * MAPS[0][:, :-1], 2.0 * MAPS[1][:, :-1]]) * SITE_LOGIT_SCALE
+    assert SITE_LOGIT_SCALE != 1.0 and torch.allclose(vote.heads.weight, scaled.float())
     assert torch.equal(gated.heads.weight, vote.heads.weight)
     x = torch.rand(6, 4, generator=torch.Generator().manual_seed(9))
     assert not torch.allclose(gated.classify(x), vote.classify(x))

@@ -4,7 +4,8 @@ import torch
 
 from fedsynth.common.front_end import build_front_end
 from fedsynth.common.front_end.join import fit_joined
-from fedsynth.common.front_end.vote import GATE_ITERATIONS, FrontEndVote, vote_scores, vote_weights
+from fedsynth.common.front_end.vote import (GATE_ITERATIONS, SITE_LOGIT_SCALE, FrontEndVote, vote_scores,
+                                            vote_weights)
 
 
 def test_each_class_is_shared_by_the_sites_counts_of_it_and_negative_noisy_counts_count_as_zero():
@@ -45,7 +46,7 @@ def test_the_score_of_a_class_is_the_count_weighted_probability_the_sites_that_h
     assert torch.allclose(expected[:, 2], pb[:, 2])
 
 
-def test_fitted_from_one_sites_set_the_vote_is_that_sites_head_at_the_soft_labels_temperature():
+def test_fitted_from_one_sites_set_the_vote_is_that_sites_head_at_the_soft_labels_temperature_tempered():
     gen = torch.Generator().manual_seed(0)
     front_end = build_front_end("scatter", (1, 28, 28))
     images = torch.rand(20, 1, 28, 28, generator=gen)
@@ -57,8 +58,9 @@ def test_fitted_from_one_sites_set_the_vote_is_that_sites_head_at_the_soft_label
                       torch.tensor([4.0], dtype=torch.float64))
     # 20 images, 3970 features: the ridge fit reproduces the logits on its own images (up to a shift per image)
     got = vote(images * 2 - 1)
-    want = torch.log_softmax(logits, 1)
+    want = torch.log_softmax(logits * SITE_LOGIT_SCALE, 1)
     assert torch.allclose(got, want, atol=0.05)
+    assert not torch.allclose(got, torch.log_softmax(logits, 1), atol=0.05)  # the tempering is applied
 
 
 def _label_shift_federation(seed: int = 0, sites: int = 4, classes: int = 5, inputs: int = 200):
