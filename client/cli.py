@@ -62,9 +62,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("set", type=Path, help="synthetic.safetensors or the folder holding it")
     _add_data_arguments(p, required=True)
     p.add_argument("--test-dir", type=Path, help="test images for --data-dir (ImageFolder)")
-    p.add_argument("--model", choices=("auto", "convnet", "head"), default="auto",
+    p.add_argument("--model", choices=("auto", "convnet", "head", "cnn"), default="auto",
                    help="head: a linear head fitted on the set's front end (auto: when the set was made for one); "
-                   "convnet: ConvNets trained on the pixels")
+                   "cnn: --seeds small CNNs on the set's front end; convnet: ConvNets trained on the pixels")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--width", type=int, default=128)
@@ -195,7 +195,7 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from fedsynth.common.data import load_dataset
-    from fedsynth.common.evaluation import TrainConfig, evaluate_on_front_end, evaluate_synthetic
+    from fedsynth.common.evaluation import TrainConfig, evaluate_cnn_head, evaluate_on_front_end, evaluate_synthetic
     from fedsynth.common.runtime import resolve_device
     from fedsynth.common.synthetic_set import SetError, load_synthetic_set, set_problem, soft_label_problem
     from fedsynth.common.versions import library_versions
@@ -214,14 +214,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # a site's set names its front end; a server's pool file holds soft labels only when made on one
     front_end = synthetic.claim.front_end if synthetic.claim is not None else (
         "none" if synthetic.soft_labels is None else "scatter")
+    on = "scatter" if front_end == "none" else front_end  # the front end a head is trained on
+    if synthetic.soft_labels is not None and (problem := soft_label_problem(synthetic.soft_labels, synthetic.labels,
+                                                                            test.num_classes)):
+        raise SetError(f"{args.set}: {problem}")
     if args.model == "head" or (args.model == "auto" and front_end != "none"):
-        if synthetic.soft_labels is not None and (problem := soft_label_problem(synthetic.soft_labels,
-                                                                                synthetic.labels, test.num_classes)):
-            raise SetError(f"{args.set}: {problem}")
-        result = evaluate_on_front_end(synthetic.images, synthetic.labels, test, "scatter" if front_end == "none"
-                                       else front_end, synthetic.soft_labels, weights, synthetic.sites,
-                                       synthetic.class_counts, synthetic.temperatures, synthetic.aggregation)
+        result = evaluate_on_front_end(synthetic.images, synthetic.labels, test, on, synthetic.soft_labels, weights,
+                                       synthetic.sites, synthetic.class_counts, synthetic.temperatures,
+                                       synthetic.aggregation)
         trained = f"a linear head on the {result['train_config']['model'].split()[0]} front end"
+    elif args.model == "cnn":
+        result = evaluate_cnn_head(synthetic.images, synthetic.labels, test, on, synthetic.soft_labels, weights,
+                                   args.seeds)
+        trained = f"{args.seeds} CNN heads on the {on} front end"
     else:
         config = TrainConfig(epochs=args.epochs, width=args.width, augment=args.augment)
         result = evaluate_synthetic(synthetic.images, synthetic.labels, test, args.seeds, config,

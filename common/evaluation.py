@@ -144,6 +144,34 @@ def evaluate_on_front_end(
             "weighted": weights is not None, "aggregation": aggregation}
 
 
+def evaluate_cnn_head(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test: ImageDataset,
+    front_end: str,
+    soft_labels: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    seeds: int = 3,
+) -> dict:
+    """Test accuracy mean ± std over `seeds` CNN heads (`fedsynth.common.front_end.cnn_head`) trained on the front
+    end's features of the set, toward its soft labels if it has them."""
+    from fedsynth.common.front_end import build_front_end
+    from fedsynth.common.front_end.cnn_head import CnnHeadConfig, train_cnn_head
+
+    if seeds < 1:
+        raise ValueError("need at least one seed")
+    fe = build_front_end(front_end, test.image_shape)
+    config = CnnHeadConfig()
+    models = [train_cnn_head(fe, images, labels, test.num_classes, soft_labels, weights, config, seed)
+              for seed in range(seeds)]
+    scores = front_end_accuracies(models, test)
+    return {"accuracy_mean": statistics.fmean(scores), "accuracy_std": statistics.stdev(scores) if seeds > 1 else 0.0,
+            "accuracies": scores, "seeds": list(range(seeds)),
+            "train_config": {"model": f"{front_end} + CNN head", **config.__dict__,
+                             "soft_labels": soft_labels is not None},
+            "weighted": weights is not None}
+
+
 def evaluate_synthetic(
     images: torch.Tensor,
     labels: torch.Tensor,

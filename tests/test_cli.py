@@ -60,6 +60,12 @@ def test_distill_on_the_scatter_front_end_then_evaluate_with_the_servers_head(tm
     assert evaluation.returncode == 0, evaluation.stderr
     result = json.loads((tmp_path / "eval.json").read_text())
     assert "linear head on the scatter front end" in evaluation.stdout and result["accuracy_mean"] > 0.3
+    cnn = fedsynth("evaluate", out, "--dataset", "mnist5k", "--model", "cnn", "--seeds", 2, "--json",
+                   tmp_path / "cnn.json", home=tmp_path / "home")
+    assert cnn.returncode == 0, cnn.stderr
+    result = json.loads((tmp_path / "cnn.json").read_text())
+    assert "2 CNN heads on the scatter front end" in cnn.stdout and len(result["accuracies"]) == 2
+    assert result["train_config"]["model"] == "scatter + CNN head" and result["train_config"]["soft_labels"]
 
 
 def test_evaluate_trains_a_pool_file_as_the_server_did_unless_told_uniform(tmp_path, tiny_mnist):
@@ -130,6 +136,8 @@ def _refusals(tmp_path):
         (["evaluate", _bad_set(tmp_path / "none", torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)),
           "--dataset", "mnist5k"], "no images"),
         (["evaluate", tmp_path / "garbage.safetensors", "--dataset", "mnist5k"], "not a readable safetensors"),
+        (["evaluate", _bad_set(tmp_path / "fine", torch.rand(10, 1, 28, 28), torch.arange(10)), "--dataset",
+          "mnist5k", "--model", "cnn", "--seeds", "0"], "at least one seed"),
         (["evaluate", tmp_path / "nowhere", "--dataset", "mnist5k"], "no synthetic set"),
         (["audit", tmp_path / "nowhere.jsonl"], "does not exist"),
         (["audit", tmp_path / "fifo.jsonl"], "not a regular file"),

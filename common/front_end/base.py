@@ -26,6 +26,11 @@ class FrontEnd(torch.nn.Module):
         return self.image_shape[0]
 
     @property
+    def feature_map_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the feature map that `forward` flattens, for heads that convolve it."""
+        return self.image_shape
+
+    @property
     def feature_dim(self) -> int:
         with torch.no_grad():
             return int(self(torch.zeros(1, *self.image_shape)).shape[1])

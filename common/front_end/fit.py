@@ -16,10 +16,10 @@ RIDGE = 1e-2
 
 
 class FrontEndClassifier(torch.nn.Module):
-    """front end → linear head, taking the pixel ConvNet's [-1, 1] input so that
+    """front end → head (linear, or the CNN of `cnn_head.py`), taking the pixel ConvNet's [-1, 1] input so that
     `fedsynth.common.evaluation.accuracy` applies."""
 
-    def __init__(self, front_end: FrontEnd, head: torch.nn.Linear) -> None:
+    def __init__(self, front_end: FrontEnd, head: torch.nn.Module) -> None:
         super().__init__()
         self.front_end, self.head = front_end, head
 

@@ -34,10 +34,16 @@ class ScatterNet(FrontEnd):
             raise ValueError(f"images of {height}×{width} are too small for a scattering transform at J={SCALES}")
         self.scattering = ScatteringTorch2D(J=SCALES, shape=(height, width), L=ORIENTATIONS)
         self.channels = channels * (1 + ORIENTATIONS * SCALES + ORIENTATIONS ** 2 * SCALES * (SCALES - 1) // 2)
+        with torch.no_grad():
+            self.map_size = tuple(self.scattering(torch.zeros(1, 1, height, width)).shape[-2:])
 
     @property
     def feature_channels(self) -> int:
         return self.channels
+
+    @property
+    def feature_map_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.map_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         coefficients = self.scattering(images.contiguous())  # [N, C, 81, H/4, W/4]
