@@ -26,6 +26,7 @@ from bench.results_io import merge_rows, percent, read_rows, update_readme_block
 
 OUT = ROOT / "bench" / "results" / "server_heads.json"
 SETS = ROOT / "bench" / "results" / "sets"
+ENGINES = {"none": "pixel", "scatter": "ScatterNet"}  # a set's front end, as the table names its engine
 DEFAULT_SETS = ("cpu-replay3-release2_ipc10_eps1", "cpu-replay3-release2_ipc10_eps10", "scatter-centred_ipc10_eps1",
                 "scatter-centred_ipc10_eps10")
 
@@ -90,7 +91,8 @@ def main() -> int:
             s = load_synthetic_set(SETS / f"{name}.safetensors")
             claim_file = SETS / f"{name}.claim.json"
             config = json.loads(claim_file.read_text()).get("config", {}) if claim_file.is_file() else {}
-            rows.append(score(name, f"one party, {config.get('front_end', 'none')} engine", s.images, s.labels,
+            engine = ENGINES[config.get("front_end", "none")]
+            rows.append(score(name, f"one party, {engine} engine", s.images, s.labels,
                               s.soft_labels, s.weights, test, args.seeds,
                               {"epsilon": config.get("epsilon"), "seed": config.get("seed")}))
         for folder in args.pools:
@@ -98,7 +100,8 @@ def main() -> int:
             metrics = json.loads((folder / "metrics.json").read_text())
             config = json.loads((folder / "privacy_report.json").read_text()).get("config", {})
             name = f"pool ε={config.get('epsilon')} seed {config.get('seed')}"
-            rows.append(score(name, f"federated pool, {metrics.get('front_end')} engine", s.images, s.labels,
+            engine = ENGINES[metrics.get("front_end", "none")]
+            rows.append(score(name, f"federated pool, {engine} engine", s.images, s.labels,
                               s.soft_labels, s.weights, test, args.seeds,
                               {"epsilon": config.get("epsilon"), "seed": config.get("seed"),
                                "round_rule": metrics.get("aggregation"), "round_accuracy": metrics.get("accuracy")}))
