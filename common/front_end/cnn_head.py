@@ -18,7 +18,6 @@ from fedsynth.common.front_end.base import FrontEnd
 from fedsynth.common.front_end.fit import FrontEndClassifier
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class CnnHeadConfig:
     """How the CNN head is built and trained: SGD with momentum, a cosine rate, full passes over the set."""
@@ -58,7 +57,7 @@ def train_cnn_head(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tens
     their one-hot labels; seeded init and order."""
     front_end = front_end.cpu().eval()
     phi = front_end.features(images.cpu()).float()
-    goal = (torch.nn.functional.one_hot(labels.cpu(), num_classes).float() if soft_labels is None
+    goal = (F.one_hot(labels.cpu(), num_classes).float() if soft_labels is None
             else soft_labels.cpu().float())
     scale = torch.ones(len(phi)) if weights is None else weights.cpu().float()
     torch.manual_seed(seed)
@@ -78,4 +77,3 @@ def train_cnn_head(front_end: FrontEnd, images: torch.Tensor, labels: torch.Tens
             opt.step()
             sched.step()
     return FrontEndClassifier(front_end, head.eval()).eval()
-
