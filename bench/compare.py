@@ -460,7 +460,8 @@ def _tuned_fedavg_line() -> list[str]:
         return []
     cells = ["—" if e not in peer else
              f"{percent(peer[e]['accuracy_mean'], peer[e]['accuracy_std'])} % ({peer[e]['rounds']} rounds"
-             + (", centred" if peer[e]["mean_releases"] else "") + ")"
+             + (", centred" if peer[e]["mean_releases"] else "")
+             + (f", partition seed {peer[e]['seeds'][0]} only" if len(peer[e]["seeds"]) == 1 else "") + ")"
              for e in (1.0, 10.0)]
     sent = " / ".join(dict.fromkeys(f"{peer[e]['bytes_total'] / 2**20:.0f}" for e in (1.0, 10.0) if e in peer)) + " MiB"
     tried = max(p["settings_tried"] for p in peer.values())
