@@ -144,6 +144,13 @@ def evaluate_on_front_end(
             "weighted": weights is not None, "aggregation": aggregation}
 
 
+def seed_summary(scores: Sequence[float]) -> dict:
+    """Accuracy mean ± std (0 for one) of models trained with seeds 0, 1, …, in the order of `scores`."""
+    return {"accuracy_mean": statistics.fmean(scores),
+            "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "accuracies": list(scores), "seeds": list(range(len(scores)))}
+
+
 def evaluate_cnn_head(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -165,8 +172,7 @@ def evaluate_cnn_head(
     models = [train_cnn_head(fe, images, labels, test.num_classes, soft_labels, weights, config, seed)
               for seed in range(seeds)]
     scores = front_end_accuracies(models, test)
-    return {"accuracy_mean": statistics.fmean(scores), "accuracy_std": statistics.stdev(scores) if seeds > 1 else 0.0,
-            "accuracies": scores, "seeds": list(range(seeds)),
+    return {**seed_summary(scores),
             "train_config": {"model": f"{front_end} + CNN head", **config.__dict__,
                              "soft_labels": soft_labels is not None},
             "weighted": weights is not None}
@@ -193,11 +199,4 @@ def evaluate_synthetic(
     for seed in tqdm(range(seeds), desc="evaluating", unit="net", disable=not progress):
         net = train_classifier(images, labels, test.num_classes, config, seed, device, weights)
         scores.append(accuracy(net, test, device))
-    return {
-        "accuracy_mean": statistics.fmean(scores),
-        "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-        "accuracies": scores,
-        "seeds": list(range(seeds)),
-        "train_config": config.__dict__,
-        "weighted": weights is not None,
-    }
+    return {**seed_summary(scores), "train_config": config.__dict__, "weighted": weights is not None}
