@@ -91,12 +91,13 @@ def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
     }
 
 
-def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor, gate_iterations: int = 0) -> torch.nn.Module:
+def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor, gate_iterations: int = 0,
+                     logit_scale: float = 1.0) -> torch.nn.Module:
     """The server's class-wise vote (common/front_end/vote.py; gated per input with `gate_iterations`) of the heads
-    `maps` [K, D + 1], on features."""
+    `maps` [K, D + 1], on features, each site's logits times `logit_scale` (the server's: `SITE_LOGIT_SCALE`)."""
     from fedsynth.common.front_end.vote import FrontEndVote
 
-    return FrontEndVote.from_maps(torch.nn.Identity(), maps, counts, gate_iterations)
+    return FrontEndVote.from_maps(torch.nn.Identity(), [m * logit_scale for m in maps], counts, gate_iterations)
 
 
 def accuracy(joint: torch.Tensor | torch.nn.Module, test_features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -126,7 +127,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-HEAD_RULES = {"consensus": "consensus", "vote": "vote", "gated": "gated vote"}  # server rules scored on the heads
+HEAD_RULES = {"consensus": "consensus", "vote": "vote", "gated": "gated vote",  # server rules scored on the heads
+              "tempered": "tempered gated vote (the server's)"}
 
 
 def head_setting(text: str) -> dict:
@@ -147,7 +149,7 @@ def heads_table(rows: list[dict]) -> str:
     noise), each rule's columns only where some row measured it."""
     epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: math.inf if e is None else e)
     label = {e: "no noise" if e is None else f"ε = {e:g}" for e in epsilons}
-    columns = [(rule, e) for rule in ("consensus", "vote", "gated") for e in epsilons
+    columns = [(rule, e) for rule in HEAD_RULES for e in epsilons
                if any(r["epsilon"] == e and r.get(rule) is not None for r in rows)]
     lines = ["| partition seed | site's head batch | head lr | epochs | σ calibrated by | mean-feature releases | "
              "DP-SGD steps of the median site | " + " | ".join(f"{HEAD_RULES[rule]}, {label[e]}" for rule, e in columns)
@@ -167,7 +169,7 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
     from fedsynth.client.config import DistillConfig
     from fedsynth.client.engine import plan
     from fedsynth.common.front_end.consensus import consensus
-    from fedsynth.common.front_end.vote import GATE_ITERATIONS
+    from fedsynth.common.front_end.vote import GATE_ITERATIONS, SITE_LOGIT_SCALE
     from fedsynth.common.partition import partition_indices
     from fedsynth.common.versions import library_versions
 
@@ -190,9 +192,12 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
                    "vote": accuracy(vote_on_features(maps, torch.stack(released)), test_features, test.labels),
                    "gated": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS), test_features,
                                      test.labels),
+                   "tempered": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS,
+                                                         SITE_LOGIT_SCALE), test_features, test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
-                   "config": {**settings, "server_rule": "pairwise consensus, vote and gated vote of the heads, "
-                                                         "and their mean; released counts"}}
+                   "config": {**settings, "server_rule": "pairwise consensus, vote and gated vote of the heads "
+                                                         "(untempered and tempered), and their mean; released counts",
+                              "site_logit_scale": SITE_LOGIT_SCALE}}
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
             merge_rows(HEADS_OUT, "site_heads", [row],
                        key=lambda r: (r["epsilon"] or math.inf, r["seed"], r["sites"], *_setting(r)))

@@ -3,7 +3,8 @@
 Every site of a Dirichlet federation trains its head exactly as the ScatterNet engine does (the app's
 head settings, at the site's ε); then, for each synthesis setting, it synthesises its images and soft
 labels from that head (free post-processing), and the server recovers each site's head from its set and
-joins them on the released counts, by pairwise consensus, the class-wise vote and the gated vote. The table
+joins them on the released counts, by pairwise consensus, the class-wise vote and the gated vote, untempered and
+with each site's logits tempered as the server's round does (`SITE_LOGIT_SCALE`). The table
 sets each rule on the sets beside the same rule on the heads themselves (the ceiling a set can carry).
 Writes bench/results/synthesis.json and the RESULTS block `synthesis`:
 
@@ -86,8 +87,9 @@ def _cell(value: float | None) -> str:
 def table(rows: list[dict]) -> str:
     lines = ["| ε | partition seed | sites' mean-feature releases | synthesis steps | schedule | class pull (share of "
              "steps) | IPC | each site's set / its own head | consensus of the sets | consensus of the heads | vote of "
-             "the sets | vote of the heads | gated vote of the sets / of the heads | seconds per site |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the sets | vote of the heads | gated vote of the sets / of the heads | the server's tempered gated vote "
+             "of the sets / of the heads | seconds per site |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         c = r["config"]
         epsilon = "no noise" if r["epsilon"] is None else f"{r['epsilon']:g}"
@@ -98,6 +100,7 @@ def table(rows: list[dict]) -> str:
                      f"{percent(r['sets_mean'])} / {percent(r['heads_mean'])} | {percent(r['consensus_sets'])} | "
                      f"{percent(r['consensus_heads'])} | {_cell(r.get('vote_sets'))} | {_cell(r.get('vote_heads'))} | "
                      f"{_cell(r.get('gated_sets'))} / {_cell(r.get('gated_heads'))} | "
+                     f"{_cell(r.get('tempered_sets'))} / {_cell(r.get('tempered_heads'))} | "
                      f"{r['seconds_per_site']:.0f} |")
     return "\n".join(lines)
 
@@ -115,7 +118,7 @@ def main() -> int:
         from fedsynth.common.data import load_fashion_mnist
         from fedsynth.common.front_end import build_front_end
         from fedsynth.common.front_end.consensus import consensus
-        from fedsynth.common.front_end.vote import GATE_ITERATIONS
+        from fedsynth.common.front_end.vote import GATE_ITERATIONS, SITE_LOGIT_SCALE
         from fedsynth.common.versions import library_versions
 
         torch.set_num_threads(args.threads)
@@ -148,10 +151,15 @@ def main() -> int:
                                                test.labels),
                        "gated_sets": accuracy(vote_on_features(list(recovered), counts, GATE_ITERATIONS),
                                               test_features, test.labels),
+                       "tempered_heads": accuracy(vote_on_features(maps, counts, GATE_ITERATIONS, SITE_LOGIT_SCALE),
+                                                  test_features, test.labels),
+                       "tempered_sets": accuracy(vote_on_features(list(recovered), counts, GATE_ITERATIONS,
+                                                                  SITE_LOGIT_SCALE), test_features, test.labels),
                        "seconds_per_site": sum(seconds) / len(seconds), "device": str(device),
                        "versions": library_versions(),
                        "config": {**head, **setting, "temperature": float(app["temperature"]),
-                                  "server_rule": "consensus, class-wise and gated vote, released counts"}}
+                                  "server_rule": "consensus, class-wise and gated vote, released counts",
+                                  "site_logit_scale": SITE_LOGIT_SCALE}}
                 print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
                 merge_rows(args.out, "synthesis", [row], key=_key)
     rows = read_rows(args.out)
