@@ -92,12 +92,15 @@ def rules(heads) -> dict[str, tuple[torch.Tensor | torch.nn.Module, bool]]:
 
 
 def vote_on_features(maps: list[torch.Tensor], counts: torch.Tensor, gate_iterations: int = 0,
-                     logit_scale: float = 1.0) -> torch.nn.Module:
-    """The server's class-wise vote (common/front_end/vote.py; gated per input with `gate_iterations`) of the heads
-    `maps` [K, D + 1], on features, each site's logits times `logit_scale` (the server's: `SITE_LOGIT_SCALE`)."""
-    from fedsynth.common.front_end.vote import FrontEndVote
+                     tempered: bool = False) -> torch.nn.Module:
+    """The class-wise vote (common/front_end/vote.py; gated per input with `gate_iterations`) of the heads `maps`
+    [K, D + 1] at the sites' own scale, on features; `tempered`: through the server's own `vote_of_maps`, which
+    tempers each site's logits by `SITE_LOGIT_SCALE`."""
+    from fedsynth.common.front_end.vote import FrontEndVote, vote_of_maps
 
-    return FrontEndVote.from_maps(torch.nn.Identity(), [m * logit_scale for m in maps], counts, gate_iterations)
+    if tempered:
+        return vote_of_maps(torch.nn.Identity(), maps, counts, torch.ones(len(maps)), gate_iterations)
+    return FrontEndVote.from_maps(torch.nn.Identity(), maps, counts, gate_iterations)
 
 
 def accuracy(joint: torch.Tensor | torch.nn.Module, test_features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -182,6 +185,7 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
             started = time.time()
             heads = site_heads(train, train_features, args.sites, args.alpha, epsilon, args.seed, **settings)
             released = [r.clamp_min(0) for _, _, r in heads]
+            counts = torch.stack(released)
             maps = [h for h, _, _ in heads]
             median = plan(site, DistillConfig(front_end="scatter", epsilon=epsilon, **settings)).mechanism
             row = {"epsilon": None if math.isinf(epsilon) else epsilon, "delta": 1e-5, "sites": args.sites,
@@ -189,11 +193,10 @@ def measure_head_settings(args, train, train_features, test_features, test) -> N
                    "front_end": "scatter", "steps": median.steps, "noise_multiplier": median.noise_multiplier,
                    "consensus": accuracy(consensus(maps, released), test_features, test.labels),
                    "average": accuracy(sum(maps) / len(maps), test_features, test.labels),
-                   "vote": accuracy(vote_on_features(maps, torch.stack(released)), test_features, test.labels),
-                   "gated": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS), test_features,
-                                     test.labels),
-                   "tempered": accuracy(vote_on_features(maps, torch.stack(released), GATE_ITERATIONS,
-                                                         SITE_LOGIT_SCALE), test_features, test.labels),
+                   "vote": accuracy(vote_on_features(maps, counts), test_features, test.labels),
+                   "gated": accuracy(vote_on_features(maps, counts, GATE_ITERATIONS), test_features, test.labels),
+                   "tempered": accuracy(vote_on_features(maps, counts, GATE_ITERATIONS, tempered=True), test_features,
+                                        test.labels),
                    "seconds": time.time() - started, "versions": library_versions(),
                    "config": {**settings, "server_rule": "pairwise consensus, vote and gated vote of the heads "
                                                          "(untempered and tempered), and their mean; released counts",

@@ -89,10 +89,11 @@ class FrontEndVote(torch.nn.Module):
         return cls(front_end, heads, vote_weights(counts), gate_iterations).eval()
 
 
-def vote_of_maps(front_end: FrontEnd, maps: list[torch.Tensor], counts: torch.Tensor, temperatures: torch.Tensor,
-                 gate_iterations: int = 0) -> FrontEndVote:
+def vote_of_maps(front_end: torch.nn.Module, maps: list[torch.Tensor], counts: torch.Tensor,
+                 temperatures: torch.Tensor, gate_iterations: int = 0) -> FrontEndVote:
     """The vote of site maps recovered from soft labels at `temperatures` [S], each map scaled back by its own
-    temperature and tempered by `SITE_LOGIT_SCALE`."""
+    temperature and tempered by `SITE_LOGIT_SCALE`; `front_end` is the round's `FrontEnd` (the benches pass an
+    identity to vote on features they computed once)."""
     scaled = [m * (float(t) * SITE_LOGIT_SCALE) for m, t in zip(maps, temperatures)]
     return FrontEndVote.from_maps(front_end.cpu().eval(), scaled, counts, gate_iterations)
 
